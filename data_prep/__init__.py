@@ -1,0 +1,1 @@
+"""Tokenization to Megatron indexed datasets (.bin/.idx)."""

@@ -1,0 +1,3 @@
+"""pap: pruning-aware pretraining on megatron-core."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,171 @@
+"""Atomic, reshardable checkpoints with auto-resume.
+
+Layout (Megatron-LM's names, so its users find their way):
+
+    <dir>/latest_checkpointed_iteration.txt     the newest complete checkpoint
+    <dir>/iter_0000100/                         megatron-core dist_checkpointing (torch_dist)
+    <dir>/iter_0000100/pap_state.json           Arch, iteration, scheduler, layout, config
+
+Model and optimizer tensors are saved with megatron-core `dist_checkpointing`, so a
+checkpoint written at one TP/PP loads at another. A save is written to
+`iter_XXXXXXX.partial` and renamed only once every rank has finished and the state file
+is on disk; the tracker file is replaced atomically after that. A crash mid-save leaves
+a `.partial` directory that resume ignores (and the next save of that iteration removes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from pap.arch import Arch
+from pap.errors import PapError
+
+TRACKER = "latest_checkpointed_iteration.txt"
+STATE_FILE = "pap_state.json"
+# The distributed optimizer's default sharding type is deprecated in megatron-core 0.16
+# and fails to save ("ShardedTensor.flattened_range is not supported"); this one works.
+_OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
+
+
+def iteration_dir(root: str, iteration: int) -> Path:
+    return Path(root) / f"iter_{iteration:07d}"
+
+
+@dataclass
+class ResumeState:
+    """What a checkpoint says beyond its tensors."""
+
+    path: Path
+    iteration: int
+    consumed_samples: int
+    arch: Arch
+    scheduler: dict
+    layout: dict
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def find_latest(root: Optional[str]) -> Optional[ResumeState]:
+    """The newest complete checkpoint under `root`, or None for a fresh start."""
+    if not root or not Path(root).is_dir():
+        return None
+    tracker = Path(root) / TRACKER
+    candidates = []
+    if tracker.is_file():
+        text = tracker.read_text().strip()
+        if not text.isdigit():
+            raise PapError(f"{tracker}: expected an iteration number, found {text[:40]!r}; "
+                           f"fix or delete the file to resume from the newest iter_* directory")
+        candidates.append(iteration_dir(root, int(text)))
+    candidates += sorted(Path(root).glob("iter_[0-9][0-9][0-9][0-9][0-9][0-9][0-9]"), reverse=True)
+    for path in candidates:
+        state_file = path / STATE_FILE
+        if state_file.is_file():
+            return _read_state(state_file)
+    return None
+
+
+def _read_state(state_file: Path) -> ResumeState:
+    try:
+        data = json.loads(state_file.read_text())
+        return ResumeState(
+            path=state_file.parent,
+            iteration=int(data["iteration"]),
+            consumed_samples=int(data["consumed_samples"]),
+            arch=Arch(**data["arch"]),
+            scheduler=data["scheduler"],
+            layout=data["layout"],
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PapError(f"{state_file}: unreadable checkpoint state ({exc}); delete this checkpoint "
+                       f"directory to resume from an older one") from None
+
+
+def _sharded_state(model, optimizer, is_loading: bool):
+    model_state = model.sharded_state_dict()
+    optimizer_state = optimizer.sharded_state_dict(model_state, is_loading=is_loading, metadata=_OPTIMIZER_METADATA)
+    return {"model": model_state, "optimizer": optimizer_state}
+
+
+def save(root: str, iteration: int, consumed_samples: int, arch: Arch, model, optimizer,
+         scheduler, layout: dict, config: dict) -> Path:
+    """Write checkpoint `iteration` on every rank (collective); returns its final path."""
+    from megatron.core import dist_checkpointing
+
+    final = iteration_dir(root, iteration)
+    partial = final.with_name(final.name + ".partial")
+    rank = dist.get_rank()
+    if rank == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+    dist.barrier()
+    dist_checkpointing.save(_sharded_state(model, optimizer, is_loading=False), str(partial))
+    dist.barrier()
+    if rank == 0:
+        state = {
+            "iteration": iteration,
+            "consumed_samples": consumed_samples,
+            "arch": json.loads(arch.to_json()),
+            "scheduler": scheduler.state_dict(),
+            "layout": layout,
+            "config": config,
+        }
+        _write_atomic(partial / STATE_FILE, json.dumps(state, indent=1, default=str))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        _write_atomic(Path(root) / TRACKER, f"{iteration}\n")
+    dist.barrier()
+    return final
+
+
+def _materialise_optimizer_state(optimizer) -> None:
+    """Give a fresh optimizer the Adam state tensors its sharded state dict must describe.
+
+    Without apex/Transformer Engine, megatron wraps torch's Adam, which creates `step`,
+    `exp_avg` and `exp_avg_sq` lazily at the first step; loading into a fresh optimizer
+    then trips distrib_optimizer.py:641 (megatron-core 0.16.1). Zeros are overwritten by the load.
+    """
+    for chained in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = chained.optimizer
+        for group in inner.param_groups:
+            for param in group["params"]:
+                state = inner.state[param]
+                if "step" not in state:
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(param.data)
+                    state["exp_avg_sq"] = torch.zeros_like(param.data)
+
+
+def load(resume: ResumeState, model, optimizer, scheduler, layout: dict) -> None:
+    """Load model, optimizer and scheduler state from `resume` into freshly built objects."""
+    from megatron.core import dist_checkpointing
+
+    saved = resume.layout
+    if saved.get("distributed_optimizer") or layout.get("distributed_optimizer"):
+        if (saved.get("tp"), saved.get("pp"), saved.get("distributed_optimizer")) != (
+                layout["tp"], layout["pp"], layout["distributed_optimizer"]):
+            raise PapError(f"{resume.path}: saved with tp={saved.get('tp')} pp={saved.get('pp')} "
+                           f"distributed_optimizer={saved.get('distributed_optimizer')}; a distributed-optimizer "
+                           f"checkpoint reloads only at the same tp, pp and optimizer type")
+    _materialise_optimizer_state(optimizer)
+    state = dist_checkpointing.load(_sharded_state(model, optimizer, is_loading=True), str(resume.path))
+    model.load_state_dict(state["model"])
+    with torch.no_grad():  # fp32 main params may be views of leaf params (distrib_optimizer.py:940)
+        optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(resume.scheduler)

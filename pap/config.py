@@ -1,0 +1,369 @@
+"""The one configuration tree of a pap run, loaded from YAML plus dotted overrides.
+
+    cfg = load_config("configs/tiny.yaml", ["parallel.tp=2", "train.iters=6"])
+
+Every field carries a docstring (megatron's `TransformerConfig` style). Unknown keys,
+values of the wrong type and inconsistent settings raise `ConfigError` naming the key.
+Megatron's own argument names appear only in `pap.model` / `pap.trainer`, where these
+fields are handed to megatron-core.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from pap.errors import PapError
+
+
+class ConfigError(PapError):
+    """A config key that does not exist, or a value that is not valid for it."""
+
+
+@dataclass
+class ModelConfig:
+    """The dense architecture a run starts from (Llama-style GPT)."""
+
+    vocab_size: int = 4096
+    """Tokenizer vocabulary size. The embedding is padded up to a multiple of
+    `make_vocab_size_divisible_by` (padding independent of TP, so checkpoints reshard)."""
+    make_vocab_size_divisible_by: int = 128
+    """Pad the embedding rows to a multiple of this."""
+    hidden_size: int = 256
+    """Model (residual stream) width."""
+    num_layers: int = 4
+    """Number of transformer layers."""
+    num_attention_heads: int = 8
+    """Query heads per layer."""
+    num_query_groups: int = 4
+    """Key/value heads per layer (GQA); must divide num_attention_heads."""
+    head_dim: Optional[int] = None
+    """Width of one attention head; default hidden_size // num_attention_heads."""
+    ffn_hidden_size: int = 704
+    """SwiGLU intermediate width."""
+    tie_embeddings: bool = False
+    """Share the input embedding and the output layer weights."""
+    rope_theta: float = 10000.0
+    """RoPE base."""
+    norm_eps: float = 1e-5
+    """RMSNorm epsilon."""
+    init_std: float = 0.02
+    """Std of the normal initialisation of the weights."""
+    params_dtype: str = "fp32"
+    """fp32 or bf16 (bf16 needs a GPU)."""
+    transformer_impl: str = "auto"
+    """local (torch modules), transformer_engine, or auto (TE when importable with CUDA)."""
+
+
+@dataclass
+class ParallelConfig:
+    """How the model is split over ranks. Data parallel size = world size / (tp * pp)."""
+
+    tp: int = 1
+    """Tensor-parallel size; must divide heads, query groups and ffn width."""
+    pp: int = 1
+    """Pipeline-parallel size; must divide num_layers."""
+    sequence_parallel: bool = False
+    """Megatron sequence parallelism (tp > 1 only)."""
+    distributed_optimizer: bool = False
+    """Shard optimizer state over data-parallel ranks (megatron's DistributedOptimizer).
+    Its checkpoints reload only at the same tp and pp."""
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop."""
+
+    iters: int = 200
+    """Number of optimizer steps."""
+    micro_batch_size: int = 4
+    """Sequences per micro batch per data-parallel rank."""
+    global_batch_size: int = 16
+    """Sequences per optimizer step; a multiple of micro_batch_size * data-parallel size."""
+    lr: float = 3e-3
+    """Peak learning rate."""
+    min_lr: float = 3e-4
+    """Learning rate at the end of the decay."""
+    warmup_iters: int = 20
+    """Linear warm-up steps from 0 to lr."""
+    lr_decay_style: str = "cosine"
+    """cosine, linear or constant decay after warm-up."""
+    lr_decay_iters: Optional[int] = None
+    """Steps over which lr decays; default iters."""
+    weight_decay: float = 0.1
+    """AdamW weight decay (not on norms or biases)."""
+    adam_beta1: float = 0.9
+    """Adam beta1."""
+    adam_beta2: float = 0.95
+    """Adam beta2."""
+    adam_eps: float = 1e-8
+    """Adam epsilon."""
+    clip_grad: float = 1.0
+    """Clip the global gradient norm to this (0 turns clipping off)."""
+    seed: int = 1234
+    """Seed for weights and data order."""
+    eval_interval: int = 50
+    """Run validation every this many steps (0: only at the end)."""
+    eval_iters: int = 4
+    """Global batches per validation (0: no validation)."""
+
+
+@dataclass
+class DataConfig:
+    """Megatron indexed datasets and how samples are drawn from them."""
+
+    blend: list = field(default_factory=list)
+    """Dataset prefixes (`path/name_text_document`), optionally weighted:
+    [prefix] or [w1, prefix1, w2, prefix2, ...] as in Megatron's --data-path."""
+    split: str = "98,2,0"
+    """Train/valid/test split of every dataset, in parts."""
+    seq_length: int = 256
+    """Tokens per sample."""
+    cache_dir: Optional[str] = None
+    """Where dataset index caches go; default `<checkpoint.dir>/data_cache` or none."""
+
+
+@dataclass
+class LogConfig:
+    """Console and TensorBoard output."""
+
+    interval: int = 10
+    """Print one progress line every this many steps."""
+    tensorboard_dir: Optional[str] = None
+    """TensorBoard event directory; default `<checkpoint.dir>/tensorboard` when a checkpoint dir is set."""
+
+
+@dataclass
+class CheckpointConfig:
+    """Saving and auto-resume (one directory for both, as Megatron-LM users expect)."""
+
+    dir: Optional[str] = None
+    """Checkpoint directory; a run resumes from the latest complete checkpoint in it."""
+    save_interval: int = 0
+    """Save every this many steps (0: only at the end)."""
+    save_at_end: bool = True
+    """Save after the last step."""
+
+
+@dataclass
+class PapConfig:
+    """A whole run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def to_dict(self) -> dict:
+        """Plain nested dict, the inverse of `config_from_dict`."""
+        return dataclasses.asdict(self)
+
+    @property
+    def model_parallel_size(self) -> int:
+        return self.parallel.tp * self.parallel.pp
+
+
+def load_config(path: Optional[str] = None, overrides: typing.Sequence[str] = ()) -> PapConfig:
+    """Read a YAML file (or the defaults when `path` is None) and apply `key.sub=value` overrides."""
+    raw: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections (model, train, ...)")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key.sub=value, e.g. parallel.tp=2")
+        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else None)
+    cfg = config_from_dict(raw, source)
+    validate(cfg, source)
+    return cfg
+
+
+def config_from_dict(raw: dict, source: str = "<dict>") -> PapConfig:
+    """Build a PapConfig from nested dicts, type-checking every value."""
+    return _build(PapConfig, raw, prefix="", source=source)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def _build(cls, raw: Any, prefix: str, source: str):
+    where = prefix.rstrip(".") or "top level"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {where} must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        key = prefix + str(unknown[0])
+        raise ConfigError(f"{source}: unknown config key '{key}' (valid keys in {where}: {', '.join(sorted(names))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        key = prefix + f.name
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[f.name] = _build(hint, raw[f.name], key + ".", source)
+        else:
+            kwargs[f.name] = _coerce(raw[f.name], hint, key, source)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key, source)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif hint is list or origin is list:
+        if isinstance(value, list):
+            return value
+        if isinstance(value, str):
+            return value.split()
+    else:  # pragma: no cover - a field type this loader does not know is a programming error
+        raise TypeError(f"config field {key} has unsupported type {hint}")
+    expected = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"{source}: {key} must be {expected}, got {value!r}")
+
+
+_CHOICES = {
+    "model.params_dtype": ("fp32", "bf16"),
+    "model.transformer_impl": ("auto", "local", "transformer_engine"),
+    "train.lr_decay_style": ("cosine", "linear", "constant"),
+}
+
+
+def validate(cfg: PapConfig, source: str = "<config>") -> None:
+    """Check values and their relations that do not depend on the world size."""
+    m, p, t = cfg.model, cfg.parallel, cfg.train
+
+    def fail(key: str, problem: str) -> None:
+        raise ConfigError(f"{source}: {key} {problem}")
+
+    for key, allowed in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            fail(key, f"must be one of {', '.join(allowed)}, got {value!r}")
+    positive = {
+        "model.vocab_size": m.vocab_size, "model.hidden_size": m.hidden_size,
+        "model.num_layers": m.num_layers, "model.num_attention_heads": m.num_attention_heads,
+        "model.num_query_groups": m.num_query_groups, "model.ffn_hidden_size": m.ffn_hidden_size,
+        "model.make_vocab_size_divisible_by": m.make_vocab_size_divisible_by,
+        "parallel.tp": p.tp, "parallel.pp": p.pp, "train.iters": t.iters,
+        "train.micro_batch_size": t.micro_batch_size, "train.global_batch_size": t.global_batch_size,
+        "data.seq_length": cfg.data.seq_length, "log.interval": cfg.log.interval,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            fail(key, f"must be positive, got {value}")
+    if m.head_dim is None and m.hidden_size % m.num_attention_heads:
+        fail("model.hidden_size", f"({m.hidden_size}) is not divisible by model.num_attention_heads "
+             f"({m.num_attention_heads}); set model.head_dim explicitly")
+    if m.num_attention_heads % m.num_query_groups:
+        fail("model.num_query_groups", f"({m.num_query_groups}) must divide model.num_attention_heads "
+             f"({m.num_attention_heads})")
+    for key, value in (("model.num_attention_heads", m.num_attention_heads),
+                       ("model.num_query_groups", m.num_query_groups),
+                       ("model.ffn_hidden_size", m.ffn_hidden_size)):
+        if value % p.tp:
+            fail("parallel.tp", f"({p.tp}) does not divide {key} ({value}); choose a tp that divides it")
+    if (m.make_vocab_size_divisible_by % p.tp):
+        fail("parallel.tp", f"({p.tp}) does not divide model.make_vocab_size_divisible_by "
+             f"({m.make_vocab_size_divisible_by})")
+    if m.num_layers % p.pp:
+        fail("parallel.pp", f"({p.pp}) does not divide model.num_layers ({m.num_layers})")
+    if p.sequence_parallel and p.tp == 1:
+        fail("parallel.sequence_parallel", "needs parallel.tp > 1")
+    if t.global_batch_size % t.micro_batch_size:
+        fail("train.global_batch_size", f"({t.global_batch_size}) must be a multiple of "
+             f"train.micro_batch_size ({t.micro_batch_size})")
+    if t.min_lr > t.lr or t.lr < 0:
+        fail("train.min_lr", f"({t.min_lr}) must be between 0 and train.lr ({t.lr})")
+    decay_iters = t.lr_decay_iters or t.iters
+    if t.warmup_iters >= decay_iters:
+        fail("train.warmup_iters", f"({t.warmup_iters}) must be smaller than the decay length "
+             f"(train.lr_decay_iters or train.iters = {decay_iters}); e.g. train.warmup_iters={decay_iters // 10}")
+    if t.warmup_iters < 0 or t.eval_iters < 0 or t.eval_interval < 0:
+        fail("train", "warmup_iters, eval_iters and eval_interval must be >= 0")
+    if cfg.checkpoint.save_interval < 0:
+        fail("checkpoint.save_interval", "must be >= 0")
+    if not cfg.data.blend:
+        fail("data.blend", "is empty: give at least one dataset prefix (path/name_text_document)")
+    _parse_split(cfg.data.split, source)
+
+
+def _parse_split(split: str, source: str) -> list:
+    try:
+        parts = [float(x) for x in split.replace("/", ",").split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or min(parts) < 0 or sum(parts) <= 0:
+        raise ConfigError(f"{source}: data.split must be three non-negative parts like '98,2,0', got {split!r}")
+    return parts
+
+
+def parse_blend(blend: list, source: str = "<config>") -> tuple:
+    """Megatron blend list -> (prefixes, weights or None)."""
+    if len(blend) == 1 or all(isinstance(x, str) and not _is_number(x) for x in blend):
+        return [str(x) for x in blend], None
+    if len(blend) % 2 or not all(_is_number(w) for w in blend[0::2]):
+        raise ConfigError(f"{source}: data.blend must be [prefix, ...] or [weight, prefix, weight, prefix, ...]")
+    weights = [float(w) for w in blend[0::2]]
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ConfigError(f"{source}: data.blend weights must be non-negative and not all zero")
+    return [str(x) for x in blend[1::2]], weights
+
+
+def _is_number(x: Any) -> bool:
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, (int, float)):
+        return True
+    try:
+        float(x)
+        return True
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,142 @@
+"""Training and validation batches from Megatron indexed datasets.
+
+Datasets are megatron-core `GPTDataset`s (blended with `BlendedMegatronDatasetBuilder`,
+whose C++ index helper ships prebuilt in the megatron-core wheel). Sample order is a pure
+function of (seed, iteration), so a resumed run sees exactly the batches an uninterrupted
+run would, whatever the data-parallel size: global batch `i` is samples
+`[i * global_batch, (i + 1) * global_batch)`, and data-parallel rank `r` takes slice `r`
+of every `micro_batch * dp` block, as Megatron-LM's pretraining sampler does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from pap.config import PapConfig, parse_blend
+from pap.errors import PapError
+
+# Above this size a dataset without a metadata sidecar is not scanned for its largest token id.
+_MAX_SCAN_BYTES = 2 << 30
+
+
+def metadata_path(prefix: str) -> Path:
+    """Sidecar written by `data_prep` next to `{prefix}.bin/.idx` (tokenizer, vocab size, counts)."""
+    return Path(prefix + ".meta.json")
+
+
+def check_dataset(prefix: str, model_vocab_size: int) -> None:
+    """Fail with one clear line if `prefix` is missing or holds token ids the model cannot embed."""
+    missing = [p for p in (prefix + ".bin", prefix + ".idx") if not os.path.isfile(p)]
+    if missing:
+        raise PapError(f"data.blend: dataset prefix {prefix!r} not found (missing {', '.join(missing)}); "
+                       f"give the path without .bin/.idx, e.g. data/corpus_text_document")
+    meta = metadata_path(prefix)
+    if meta.is_file():
+        try:
+            vocab = int(json.loads(meta.read_text())["vocab_size"])
+        except (ValueError, KeyError, TypeError):
+            raise PapError(f"{meta}: not a valid dataset metadata file (needs an integer 'vocab_size')") from None
+        if vocab > model_vocab_size:
+            raise PapError(f"data.blend: {prefix} was tokenized with a vocabulary of {vocab} ({meta}) but "
+                           f"model.vocab_size is {model_vocab_size}; set model.vocab_size >= {vocab}")
+        return
+    bin_path = prefix + ".bin"
+    if os.path.getsize(bin_path) > _MAX_SCAN_BYTES:
+        return  # too large to scan; data_prep always writes the sidecar
+    dtype = index_dtype(prefix)
+    tokens = np.memmap(bin_path, dtype=dtype, mode="r")
+    largest = int(tokens.max()) if tokens.size else -1
+    if largest >= model_vocab_size:
+        raise PapError(f"data.blend: {prefix} contains token id {largest} but model.vocab_size is "
+                       f"{model_vocab_size}; set model.vocab_size > {largest} or re-tokenize")
+
+
+# megatron-core indexed_dataset.py: b"MMIDIDX\x00\x00", version <Q (1), dtype code <B.
+_INDEX_HEADER = b"MMIDIDX\x00\x00"
+_DTYPE_CODES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64,
+                7: np.float32, 8: np.uint16}
+
+
+def index_dtype(prefix: str):
+    """Token dtype recorded in `{prefix}.idx` (read without importing megatron)."""
+    path = prefix + ".idx"
+    with open(path, "rb") as f:
+        header = f.read(len(_INDEX_HEADER) + 9)
+    if not header.startswith(_INDEX_HEADER) or len(header) < len(_INDEX_HEADER) + 9:
+        raise PapError(f"{path}: not a Megatron indexed-dataset index (bad header); re-create it with data_prep")
+    code = header[-1]
+    if code not in _DTYPE_CODES:
+        raise PapError(f"{path}: unknown token dtype code {code}; re-create it with data_prep")
+    return _DTYPE_CODES[code]
+
+
+class _TokenizerInfo:
+    """What `GPTDataset` reads of a tokenizer: ids only; texts are never decoded here."""
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+        self.eod = 0
+        self.pad = -1  # no padding token: every sample is a full window of real tokens
+        self.unique_identifiers = {"class": "pap.data._TokenizerInfo", "vocab_size": vocab_size}
+
+
+def build_datasets(cfg: PapConfig, train_samples: int, valid_samples: int, cache_dir: Optional[str]):
+    """(train, valid) megatron `GPTDataset` / `BlendedDataset` objects (valid may be None)."""
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    prefixes, weights = parse_blend(cfg.data.blend)
+    for prefix in prefixes:
+        check_dataset(prefix, cfg.model.vocab_size)
+    dataset_config = GPTDatasetConfig(
+        random_seed=cfg.train.seed,
+        sequence_length=cfg.data.seq_length,
+        blend=(prefixes, weights),
+        split=cfg.data.split,
+        path_to_cache=cache_dir,
+        tokenizer=_TokenizerInfo(cfg.model.vocab_size),
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+        create_attention_mask=False,  # causal masking happens inside attention
+    )
+    train, valid, _ = BlendedMegatronDatasetBuilder(
+        GPTDataset, [train_samples, valid_samples, 0], lambda: True, dataset_config
+    ).build()
+    if train is None:
+        raise PapError(f"data.split={cfg.data.split!r} leaves no training data")
+    return train, valid
+
+
+class Batches:
+    """Micro batches of one data-parallel rank for a given global iteration."""
+
+    FIELDS = ("tokens", "labels", "loss_mask", "position_ids")
+
+    def __init__(self, dataset, micro_batch_size: int, global_batch_size: int, dp_rank: int, dp_size: int):
+        per_step = micro_batch_size * dp_size
+        if global_batch_size % per_step:
+            raise PapError(f"train.global_batch_size ({global_batch_size}) must be a multiple of "
+                           f"train.micro_batch_size * data-parallel size ({micro_batch_size} * {dp_size})")
+        self.dataset = dataset
+        self.micro_batch_size = micro_batch_size
+        self.global_batch_size = global_batch_size
+        self.dp_rank = dp_rank
+        self.dp_size = dp_size
+        self.num_microbatches = global_batch_size // per_step
+
+    def microbatches(self, iteration: int) -> List[Dict[str, torch.Tensor]]:
+        """The micro batches this rank processes at `iteration` (0-based)."""
+        start = iteration * self.global_batch_size
+        out = []
+        for m in range(self.num_microbatches):
+            first = start + (m * self.dp_size + self.dp_rank) * self.micro_batch_size
+            samples = [self.dataset[(first + i) % len(self.dataset)] for i in range(self.micro_batch_size)]
+            out.append({k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in self.FIELDS})
+        return out

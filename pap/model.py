@@ -1,0 +1,108 @@
+"""Build megatron-core `GPTModel` stages (Llama-style) from an `Arch`.
+
+This is one of the two places where megatron's own argument names appear (the other is
+`pap.trainer`): the pap config and `Arch` are translated to a `TransformerConfig` here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pap.arch import Arch
+from pap.config import PapConfig
+from pap.errors import PapError
+from pap.init import initialize_weights
+
+
+def _use_transformer_engine(impl: str) -> bool:
+    if impl == "local":
+        return False
+    try:
+        import transformer_engine  # noqa: F401
+    except ImportError:
+        if impl == "transformer_engine":
+            raise PapError("model.transformer_impl=transformer_engine but transformer_engine is not "
+                           "importable; use model.transformer_impl=local") from None
+        return False
+    return torch.cuda.is_available()
+
+
+def transformer_config(arch: Arch, cfg: PapConfig):
+    """megatron-core `TransformerConfig` for a uniform `arch` under `cfg.parallel`."""
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    if not arch.is_uniform:
+        raise PapError("this architecture has per-layer shapes; building it needs the cluster-attention "
+                       "layer spec of the pruning engine")
+    on_gpu = torch.cuda.is_available()
+    bf16 = cfg.model.params_dtype == "bf16"
+    if bf16 and not on_gpu:
+        raise PapError("model.params_dtype=bf16 needs a GPU; use model.params_dtype=fp32 on CPU")
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    return TransformerConfig(
+        num_layers=arch.num_layers,
+        hidden_size=arch.hidden_size,
+        num_attention_heads=arch.num_heads(0),
+        num_query_groups=arch.num_kv_heads(0),
+        kv_channels=arch.head_dim,
+        ffn_hidden_size=arch.ffn[0],
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        normalization="RMSNorm",
+        layernorm_epsilon=cfg.model.norm_eps,
+        add_bias_linear=False,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+        init_method_std=cfg.model.init_std,
+        tensor_model_parallel_size=cfg.parallel.tp,
+        pipeline_model_parallel_size=cfg.parallel.pp,
+        sequence_parallel=cfg.parallel.sequence_parallel,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=bf16,
+        # megatron's initialisation also tags every parameter with its TP partitioning
+        # (`tensor_model_parallel`, `partition_dim`, `partition_stride`), which DDP, grad
+        # clipping and pap.init read; pap.init then overwrites the values layout-independently.
+        use_cpu_initialization=not on_gpu,
+        # Fused kernels are CUDA-only; p2p sync would call torch.cuda.synchronize.
+        bias_activation_fusion=on_gpu,
+        masked_softmax_fusion=on_gpu,
+        bias_dropout_fusion=on_gpu,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        persist_layer_norm=False,
+        batch_p2p_sync=on_gpu,
+    )
+
+
+def layer_spec(cfg: PapConfig):
+    """ModuleSpec of one transformer layer: Transformer Engine on GPU if present, else local."""
+    from megatron.core.models.gpt import gpt_layer_specs
+
+    if _use_transformer_engine(cfg.model.transformer_impl):
+        return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
+    return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+
+
+def build_model(arch: Arch, cfg: PapConfig):
+    """The GPTModel stage owned by this rank (call after `init_distributed`)."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.models.gpt import GPTModel
+
+    config = transformer_config(arch, cfg)
+    model = GPTModel(
+        config=config,
+        transformer_layer_spec=layer_spec(cfg),
+        vocab_size=arch.padded_vocab_size,
+        max_sequence_length=cfg.data.seq_length,
+        pre_process=ps.is_pipeline_first_stage(),
+        post_process=ps.is_pipeline_last_stage(),
+        share_embeddings_and_output_weights=arch.tie_embeddings,
+        position_embedding_type="rope",
+        rotary_base=int(cfg.model.rope_theta),
+    )
+    if torch.cuda.is_available():
+        model.cuda(torch.cuda.current_device())
+    initialize_weights(model, cfg.train.seed, cfg.model.init_std, arch.num_layers)
+    return model

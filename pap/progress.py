@@ -1,0 +1,54 @@
+"""Rank-0 console progress and TensorBoard scalars with Megatron-LM's names."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Optional
+
+
+def format_elapsed(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """One line per log interval on rank 0; TensorBoard scalars on rank 0.
+
+    Line: `iter N/T | tokens X | loss L | lr R | tok/s S | elapsed H:MM:SS`.
+    Scalars: `lm loss`, `learning-rate`, `grad-norm`, `iteration-time`, `throughput`
+    (TFLOP/s per device, as Megatron-LM), `tokens-per-sec`, `lm loss validation`.
+    """
+
+    def __init__(self, is_writer: bool, total_iters: int, tensorboard_dir: Optional[str]):
+        self.enabled = is_writer
+        self.total_iters = total_iters
+        self.start = time.time()
+        self.writer = None
+        if is_writer and tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=tensorboard_dir, max_queue=100)
+
+    def print(self, message: str) -> None:
+        if self.enabled:
+            print(message, flush=True)
+
+    def train_line(self, iteration: int, tokens: int, loss: float, lr: float, tokens_per_sec: float) -> None:
+        width = len(str(self.total_iters))
+        self.print(
+            f"iter {iteration:>{width}}/{self.total_iters} | tokens {tokens:,} | loss {loss:.4f} | "
+            f"lr {lr:.3e} | tok/s {tokens_per_sec:,.0f} | elapsed {format_elapsed(time.time() - self.start)}"
+        )
+
+    def scalars(self, iteration: int, values: dict) -> None:
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(name, value, iteration)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+            self.writer = None
+        sys.stdout.flush()

@@ -1,0 +1,1 @@
+"""Where weights live across TP/PP ranks, and moving them."""

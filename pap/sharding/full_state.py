@@ -1,0 +1,120 @@
+"""Full (unsharded) tensors of a TP/PP-sharded megatron `GPTModel`, by global name.
+
+`gather_full_state` reassembles every parameter (or gradient) to the shape it has at
+TP=1, PP=1, keyed by the name it has there (`decoder.layers.<global index>.…`);
+`load_full_state` is the inverse. Used by tests (compare against a one-process
+reference) and by checkpoint converters.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Dict
+
+import torch
+import torch.distributed as dist
+
+_LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.*)$")
+TIED_OUTPUT = "output_layer.weight"
+EMBEDDING = "embedding.word_embeddings.weight"
+
+
+def global_name(model, local_name: str) -> str:
+    """`decoder.layers.<local>.x` -> `decoder.layers.<global>.x` (PP stage offset applied)."""
+    match = _LAYER.match(local_name)
+    if not match:
+        return local_name
+    layer = model.decoder.layers[int(match.group(1))]
+    return f"decoder.layers.{layer.layer_number - 1}.{match.group(2)}"
+
+
+def _tp_info(param):
+    from megatron.core import parallel_state as ps
+
+    size = ps.get_tensor_model_parallel_world_size()
+    if size == 1 or not getattr(param, "tensor_model_parallel", False):
+        return None
+    return param.partition_dim, getattr(param, "partition_stride", 1), size
+
+
+def full_shape(param) -> torch.Size:
+    """Shape `param` has at TP=1."""
+    info = _tp_info(param)
+    if info is None:
+        return param.shape
+    dim, _, size = info
+    shape = list(param.shape)
+    shape[dim] *= size
+    return torch.Size(shape)
+
+
+def tp_gather(tensor: torch.Tensor, param) -> torch.Tensor:
+    """The TP=1 tensor assembled from every TP rank's `tensor` (a shard of `param`)."""
+    from megatron.core import parallel_state as ps
+
+    info = _tp_info(param)
+    if info is None:
+        return tensor.detach().clone()
+    dim, stride, size = info
+    parts = [torch.empty_like(tensor) for _ in range(size)]
+    dist.all_gather(parts, tensor.detach().contiguous(), group=ps.get_tensor_model_parallel_group())
+    # A strided partition holds `stride` chunks (e.g. [gate_local; up_local] of SwiGLU fc1):
+    # the full tensor is chunk 0 of every rank, then chunk 1 of every rank, ...
+    chunks = [part.chunk(stride, dim=dim) for part in parts]
+    return torch.cat([chunks[r][j] for j in range(stride) for r in range(size)], dim=dim)
+
+
+def tp_slice(full: torch.Tensor, param) -> torch.Tensor:
+    """This TP rank's slice of `full`, laid out as megatron shards `param`."""
+    from megatron.core import parallel_state as ps
+
+    info = _tp_info(param)
+    if info is None:
+        return full
+    dim, stride, size = info
+    piece = full.shape[dim] // (size * stride)
+    pieces = torch.split(full, piece, dim=dim)
+    return torch.cat(pieces[ps.get_tensor_model_parallel_rank()::size], dim=dim)
+
+
+def _local_tensor(param, what: str):
+    if what == "param":
+        return param.detach()
+    grad = getattr(param, "main_grad", None)
+    if grad is None:
+        grad = param.grad
+    return torch.zeros_like(param) if grad is None else grad.detach()
+
+
+def gather_full_state(model, what: str = "param") -> Dict[str, torch.Tensor]:
+    """Full tensors ('param' or 'grad') by global name, on every rank of the model's PP group.
+
+    A tied output layer on the last stage is left out (it is the embedding).
+    """
+    from megatron.core import parallel_state as ps
+
+    local = {}
+    for name, param in model.named_parameters():
+        if name == TIED_OUTPUT and model.share_embeddings_and_output_weights:
+            continue  # the last stage's copy of a tied embedding (PP > 1)
+        local[global_name(model, name)] = tp_gather(_local_tensor(param, what), param).cpu()
+    if ps.get_pipeline_model_parallel_world_size() == 1:
+        return local
+    stages = [None] * ps.get_pipeline_model_parallel_world_size()
+    dist.all_gather_object(stages, local, group=ps.get_pipeline_model_parallel_group())
+    merged: Dict[str, torch.Tensor] = {}
+    for stage in stages:
+        merged.update(stage)
+    return merged
+
+
+@torch.no_grad()
+def load_full_state(model, full: Dict[str, torch.Tensor]) -> None:
+    """Copy full tensors (by global name) into this rank's shards of `model`."""
+    for name, param in model.named_parameters():
+        key = global_name(model, name)
+        if key not in full and key in (TIED_OUTPUT, EMBEDDING):
+            key = EMBEDDING if key == TIED_OUTPUT else TIED_OUTPUT
+        if key not in full:
+            raise KeyError(f"full state has no tensor for {key}")
+        param.copy_(tp_slice(full[key].to(param.dtype), param))

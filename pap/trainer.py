@@ -1,0 +1,256 @@
+"""The training loop on megatron-core: parallel state, DDP, optimizer, schedules.
+
+`Trainer(cfg)` builds everything for this rank (resuming from `cfg.checkpoint.dir` when
+it holds a checkpoint); `Trainer.run()` trains to `cfg.train.iters`. Callbacks in
+`after_step_hooks` run after every optimizer step: that is where pruning plugs in.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, List, Optional
+
+import torch
+import torch.distributed as dist
+
+from pap import checkpoint
+from pap.arch import Arch
+from pap.config import PapConfig
+from pap.data import Batches, build_datasets
+from pap.distributed import Topology, init_distributed
+from pap.errors import PapError
+from pap.model import build_model, transformer_config  # noqa: F401  (re-exported for tools)
+from pap.progress import Progress
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step reports (loss averaged over the global batch)."""
+
+    loss: float
+    grad_norm: float
+    lr: float
+    seconds: float
+    skipped: bool
+
+
+def _masked_mean_loss(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
+    mask = loss_mask.reshape(-1).float()
+    loss = (per_token_loss.float().reshape(-1) * mask).sum() / mask.sum().clamp(min=1)
+    # clone: megatron's schedule divides the returned tensor in place by the number of
+    # micro batches (schedules.py:269), which would corrupt the logged value.
+    return loss, {"lm loss": loss.detach().clone()}
+
+
+def _forward_step(data_iterator, model):
+    batch = next(data_iterator)
+    device = next(model.parameters()).device
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+    return output, partial(_masked_mean_loss, batch["loss_mask"])
+
+
+class Trainer:
+    """One rank's share of a pap training run."""
+
+    def __init__(self, cfg: PapConfig, topology: Optional[Topology] = None):
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+        from megatron.core.distributed import finalize_model_grads
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+        self.cfg = cfg
+        self.topo = topology or init_distributed(cfg.parallel.tp, cfg.parallel.pp, cfg.train.seed)
+        t = cfg.train
+        self.resume = checkpoint.find_latest(cfg.checkpoint.dir)
+        self.arch: Arch = self.resume.arch if self.resume else Arch.from_model_config(cfg.model)
+
+        cache_dir = cfg.data.cache_dir or (f"{cfg.checkpoint.dir}/data_cache" if cfg.checkpoint.dir else None)
+        valid_samples = t.eval_iters * t.global_batch_size
+        train_ds, valid_ds = build_datasets(cfg, t.iters * t.global_batch_size, valid_samples, cache_dir)
+        self.train_batches = Batches(train_ds, t.micro_batch_size, t.global_batch_size,
+                                     self.topo.dp_rank, self.topo.dp)
+        self.valid_batches = (Batches(valid_ds, t.micro_batch_size, t.global_batch_size, self.topo.dp_rank,
+                                      self.topo.dp) if valid_ds is not None and t.eval_iters else None)
+
+        module = build_model(self.arch, cfg)
+        self.config = module.config
+        self.model = DistributedDataParallel(
+            config=self.config,
+            ddp_config=DistributedDataParallelConfig(
+                grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+                use_distributed_optimizer=cfg.parallel.distributed_optimizer),
+            module=module,
+        )
+        bf16 = cfg.model.params_dtype == "bf16"
+        self.optimizer = get_megatron_optimizer(
+            OptimizerConfig(
+                optimizer="adam", lr=t.lr, min_lr=t.min_lr, weight_decay=t.weight_decay,
+                adam_beta1=t.adam_beta1, adam_beta2=t.adam_beta2, adam_eps=t.adam_eps,
+                clip_grad=t.clip_grad, bf16=bf16, params_dtype=self.config.params_dtype,
+                use_distributed_optimizer=cfg.parallel.distributed_optimizer),
+            [self.model],
+        )
+        self.scheduler = OptimizerParamScheduler(
+            self.optimizer, init_lr=0.0, max_lr=t.lr, min_lr=t.min_lr,
+            lr_warmup_steps=t.warmup_iters, lr_decay_steps=t.lr_decay_iters or t.iters,
+            lr_decay_style=t.lr_decay_style, start_wd=t.weight_decay, end_wd=t.weight_decay,
+            wd_incr_steps=t.iters, wd_incr_style="constant",
+        )
+        self.config.finalize_model_grads_func = finalize_model_grads
+        self.config.no_sync_func = self.model.no_sync
+        self.config.grad_scale_func = self.optimizer.scale_loss
+
+        self.iteration = 0
+        self.consumed_samples = 0
+        if self.resume:
+            checkpoint.load(self.resume, self.model.module, self.optimizer, self.scheduler, self.layout)
+            self.iteration = self.resume.iteration
+            self.consumed_samples = self.resume.consumed_samples
+        self.after_step_hooks: List[Callable[["Trainer", StepResult], None]] = []
+
+    # ---- facts -----------------------------------------------------------------------------
+    @property
+    def layout(self) -> dict:
+        return {"tp": self.topo.tp, "pp": self.topo.pp, "dp": self.topo.dp,
+                "distributed_optimizer": self.cfg.parallel.distributed_optimizer}
+
+    @property
+    def tokens_per_iter(self) -> int:
+        return self.cfg.train.global_batch_size * self.cfg.data.seq_length
+
+    # ---- one step --------------------------------------------------------------------------
+    def forward_backward(self, microbatches, forward_only: bool = False) -> float:
+        """Run the pipeline schedule over `microbatches`; returns the global mean loss.
+
+        Gradients (unless `forward_only`) are left reduced in the DDP buffers.
+        """
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        losses = get_forward_backward_func()(
+            forward_step_func=_forward_step,
+            data_iterator=iter(microbatches),
+            model=[self.model],
+            num_microbatches=len(microbatches),
+            seq_length=self.cfg.data.seq_length,
+            micro_batch_size=self.cfg.train.micro_batch_size,
+            forward_only=forward_only,
+        )
+        return self._global_mean_loss(losses)
+
+    def _global_mean_loss(self, losses) -> float:
+        """Mean of the last stage's micro-batch losses over data-parallel ranks, on every rank."""
+        from megatron.core import parallel_state as ps
+
+        holder = self.topo.is_last_stage and ps.get_tensor_model_parallel_rank() == 0
+        total = torch.zeros(2, dtype=torch.float64)
+        if holder and losses:
+            total[0] = sum(float(x["lm loss"]) for x in losses) / len(losses)
+            total[1] = 1.0
+        dist.all_reduce(total)
+        return float(total[0] / total[1])
+
+    def train_step(self) -> StepResult:
+        """One optimizer step on the next global batch."""
+        start = time.time()
+        self.model.train()
+        self.model.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        loss = self.forward_backward(self.train_batches.microbatches(self.consumed_samples))
+        update_ok, grad_norm, _ = self.optimizer.step()
+        lr = self.optimizer.param_groups[0]["lr"]
+        if update_ok:
+            self.scheduler.step(increment=1)
+        self.iteration += 1
+        self.consumed_samples += self.cfg.train.global_batch_size
+        result = StepResult(loss=loss, grad_norm=float(grad_norm or 0.0), lr=lr,
+                            seconds=time.time() - start, skipped=not update_ok)
+        for hook in self.after_step_hooks:
+            hook(self, result)
+        return result
+
+    @torch.no_grad()
+    def evaluate(self) -> Optional[float]:
+        """Mean loss over the fixed first `train.eval_iters` global batches of the validation split."""
+        if self.valid_batches is None:
+            return None
+        self.model.eval()
+        losses = [
+            self.forward_backward(self.valid_batches.microbatches(i * self.cfg.train.global_batch_size),
+                                  forward_only=True)
+            for i in range(self.cfg.train.eval_iters)
+        ]
+        self.model.train()
+        return sum(losses) / len(losses)
+
+    def save(self) -> None:
+        checkpoint.save(self.cfg.checkpoint.dir, self.iteration, self.consumed_samples, self.arch,
+                        self.model.module, self.optimizer, self.scheduler, self.layout, self.cfg.to_dict())
+
+    # ---- the loop --------------------------------------------------------------------------
+    def run(self) -> Optional[float]:
+        """Train to `train.iters` with logging, validation and checkpoints; returns the final validation loss."""
+        cfg = self.cfg
+        tb_dir = cfg.log.tensorboard_dir or (f"{cfg.checkpoint.dir}/tensorboard" if cfg.checkpoint.dir else None)
+        progress = Progress(self.topo.rank == 0, cfg.train.iters, tb_dir)
+        progress.print(
+            f"pap: {self.arch.num_params():,} parameters | tp={self.topo.tp} pp={self.topo.pp} dp={self.topo.dp} | "
+            f"global batch {cfg.train.global_batch_size} x {cfg.data.seq_length} tokens | "
+            + (f"resumed from {self.resume.path} at iteration {self.iteration}" if self.resume else "fresh start"))
+        flops_per_iter = self.arch.flops_per_token(cfg.data.seq_length) * self.tokens_per_iter
+        window_loss, window_steps, window_seconds = 0.0, 0, 0.0
+        last_saved = self.iteration if self.resume else None
+        try:
+            while self.iteration < cfg.train.iters:
+                step = self.train_step()
+                window_loss += step.loss
+                window_steps += 1
+                window_seconds += step.seconds
+                progress.scalars(self.iteration, {
+                    "lm loss": step.loss, "learning-rate": step.lr, "grad-norm": step.grad_norm,
+                    "iteration-time": step.seconds,
+                    "throughput": flops_per_iter / step.seconds / 1e12 / self.topo.world_size,
+                    "tokens-per-sec": self.tokens_per_iter / step.seconds,
+                })
+                if self.iteration % cfg.log.interval == 0 or self.iteration == cfg.train.iters:
+                    progress.train_line(self.iteration, self.iteration * self.tokens_per_iter,
+                                        window_loss / window_steps, step.lr,
+                                        window_steps * self.tokens_per_iter / window_seconds)
+                    window_loss, window_steps, window_seconds = 0.0, 0, 0.0
+                if cfg.train.eval_interval and self.iteration % cfg.train.eval_interval == 0 \
+                        and self.iteration < cfg.train.iters:
+                    self._report_validation(progress)
+                if cfg.checkpoint.dir and cfg.checkpoint.save_interval \
+                        and self.iteration % cfg.checkpoint.save_interval == 0:
+                    self.save()
+                    last_saved = self.iteration
+                    progress.print(f"saved checkpoint {checkpoint.iteration_dir(cfg.checkpoint.dir, self.iteration)}")
+            final = self._report_validation(progress)
+            if cfg.checkpoint.dir and cfg.checkpoint.save_at_end and last_saved != self.iteration:
+                self.save()
+                progress.print(f"saved checkpoint {checkpoint.iteration_dir(cfg.checkpoint.dir, self.iteration)}")
+            return final
+        finally:
+            progress.close()
+
+    def _report_validation(self, progress: Progress) -> Optional[float]:
+        loss = self.evaluate()
+        if loss is not None:
+            progress.print(f"validation loss at iteration {self.iteration}: {loss:.6f}")
+            progress.scalars(self.iteration, {"lm loss validation": loss})
+        return loss
+
+
+def ensure_world_fits(cfg: PapConfig, world_size: int) -> None:
+    """Errors that depend on the number of processes, checked before any work."""
+    mp = cfg.parallel.tp * cfg.parallel.pp
+    if world_size % mp:
+        raise PapError(f"{world_size} processes cannot hold parallel.tp * parallel.pp = {mp}; "
+                       f"launch a multiple of {mp} processes")
+    dp = world_size // mp
+    per_step = cfg.train.micro_batch_size * dp
+    if cfg.train.global_batch_size % per_step:
+        raise PapError(f"train.global_batch_size ({cfg.train.global_batch_size}) must be a multiple of "
+                       f"train.micro_batch_size * data-parallel size ({cfg.train.micro_batch_size} * {dp})")

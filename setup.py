@@ -1,0 +1,32 @@
+"""pap: pruning-aware pretraining on megatron-core."""
+
+from setuptools import find_packages, setup
+
+# The one place the megatron-core version is stated: 0.16.1 is the newest release that
+# supports Python 3.11 (0.17+ need Python >= 3.12). megatron_patches are written against it.
+MEGATRON_CORE = "megatron-core==0.16.1"
+
+setup(
+    name="pap",
+    version="0.1.0",
+    description="Pruning-aware pretraining of Llama-style GPTs on megatron-core (TP/PP/DP)",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pap", "pap.*", "megatron_patches", "megatron_patches.*",
+                                    "data_prep", "data_prep.*"]),
+    install_requires=[
+        # torch is not pinned here: CPU machines install torch==2.13.0 first (Makefile),
+        # GPU images (NGC PyTorch) bring their own CUDA build.
+        "torch>=2.4",
+        MEGATRON_CORE,
+        "psutil",  # megatron-core's torch_dist checkpoint save needs it but does not declare it
+        "numpy",
+        "pyyaml",
+        "tokenizers",
+        "sentencepiece",
+        "tensorboard",
+    ],
+    extras_require={
+        "hf": ["transformers", "safetensors"],
+        "dev": ["pytest", "pytest-timeout"],
+    },
+)
