@@ -137,6 +137,9 @@ class LogConfig:
     """Print one progress line every this many steps."""
     tensorboard_dir: Optional[str] = None
     """TensorBoard event directory; default `<checkpoint.dir>/tensorboard` when a checkpoint dir is set."""
+    metrics_file: Optional[str] = None
+    """JSON-lines file with one record per step (iteration, loss, lr, grad_norm) and per
+    validation; default `<checkpoint.dir>/metrics.jsonl`. Appended to on resume."""
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from typing import Optional
@@ -20,15 +21,19 @@ class Progress:
     (TFLOP/s per device, as Megatron-LM), `tokens-per-sec`, `lm loss validation`.
     """
 
-    def __init__(self, is_writer: bool, total_iters: int, tensorboard_dir: Optional[str]):
+    def __init__(self, is_writer: bool, total_iters: int, tensorboard_dir: Optional[str],
+                 metrics_file: Optional[str] = None):
         self.enabled = is_writer
         self.total_iters = total_iters
         self.start = time.time()
         self.writer = None
+        self.metrics = None
         if is_writer and tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=tensorboard_dir, max_queue=100)
+        if is_writer and metrics_file:
+            self.metrics = open(metrics_file, "a")
 
     def print(self, message: str) -> None:
         if self.enabled:
@@ -42,13 +47,20 @@ class Progress:
         )
 
     def scalars(self, iteration: int, values: dict) -> None:
+        """TensorBoard scalars plus one JSON line (exact floats, for scripts and tests)."""
         if self.writer is not None:
             for name, value in values.items():
                 self.writer.add_scalar(name, value, iteration)
+        if self.metrics is not None:
+            self.metrics.write(json.dumps({"iteration": iteration, **values}) + "\n")
+            self.metrics.flush()
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()
             self.writer = None
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         sys.stdout.flush()

@@ -7,6 +7,7 @@ it holds a checkpoint); `Trainer.run()` trains to `cfg.train.iters`. Callbacks i
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -194,7 +195,12 @@ class Trainer:
         """Train to `train.iters` with logging, validation and checkpoints; returns the final validation loss."""
         cfg = self.cfg
         tb_dir = cfg.log.tensorboard_dir or (f"{cfg.checkpoint.dir}/tensorboard" if cfg.checkpoint.dir else None)
-        progress = Progress(self.topo.rank == 0, cfg.train.iters, tb_dir)
+        metrics = cfg.log.metrics_file or (f"{cfg.checkpoint.dir}/metrics.jsonl" if cfg.checkpoint.dir else None)
+        if self.topo.rank == 0:
+            for path in (tb_dir, metrics and os.path.dirname(metrics)):
+                if path:
+                    os.makedirs(path, exist_ok=True)
+        progress = Progress(self.topo.rank == 0, cfg.train.iters, tb_dir, metrics)
         progress.print(
             f"pap: {self.arch.num_params():,} parameters | tp={self.topo.tp} pp={self.topo.pp} dp={self.topo.dp} | "
             f"global batch {cfg.train.global_batch_size} x {cfg.data.seq_length} tokens | "
