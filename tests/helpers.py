@@ -56,7 +56,7 @@ def write_random_dataset(prefix: str, num_docs: int = 300, vocab: int = TINY_VOC
     return prefix
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -83,7 +83,7 @@ def _worker(rank, world_size, port, out_dir, fn, args):
 def run_distributed(fn, world_size: int, *args, timeout: float = 600):
     """Run `fn(*args)` on `world_size` gloo ranks; returns the per-rank results."""
     with tempfile.TemporaryDirectory() as out_dir:
-        ctx = mp.start_processes(_worker, args=(world_size, _free_port(), out_dir, fn, args),
+        ctx = mp.start_processes(_worker, args=(world_size, free_port(), out_dir, fn, args),
                                  nprocs=world_size, join=False, start_method="spawn")
         try:
             while not ctx.join(timeout=timeout):

@@ -52,3 +52,13 @@ def test_matches_single_process(layout, references, random_dataset):
     for step, (a, b) in enumerate(zip(got["losses"], ref["losses"])):
         assert abs(a - b) <= 1e-4, f"step {step + 1}: loss {a} vs {b}"
     assert ref["losses"][-1] < ref["losses"][0], "training did not reduce the loss"
+
+
+def test_arch_counts_the_built_model(random_dataset):
+    """Arch.num_params() equals the parameters megatron builds, for tied and untied, across PP."""
+    from tests.distributed.workers import model_shapes
+
+    for tied, world, parallel in ((False, 1, {}), (True, 2, {"pp": 2})):
+        built, counted = run_distributed(model_shapes, world, _config(random_dataset, {"tp": 1, "pp": 1, **parallel},
+                                                                      tied))[0]
+        assert built == counted

@@ -1,0 +1,70 @@
+import pytest
+
+from pap.config import ConfigError, load_config, parse_blend
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+BASE = "data:\n  blend: [x/y_text_document]\n"
+
+
+def test_yaml_and_dotted_overrides(tmp_path):
+    cfg = load_config(write(tmp_path, BASE + "train:\n  iters: 100\n"),
+                      ["parallel.tp=2", "parallel.pp=2", "train.iters=6", "train.warmup_iters=1",
+                       "train.lr=1e-3", "model.tie_embeddings=true"])
+    assert (cfg.parallel.tp, cfg.parallel.pp, cfg.train.iters) == (2, 2, 6)
+    assert cfg.train.lr == 1e-3 and cfg.model.tie_embeddings is True
+    assert cfg.data.blend == ["x/y_text_document"]
+
+
+def test_unknown_key_names_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.iterz'"):
+        load_config(write(tmp_path, BASE + "train:\n  iterz: 5\n"))
+    with pytest.raises(ConfigError, match=r"unknown config key 'modle'"):
+        load_config(write(tmp_path, BASE), ["modle.hidden_size=3"])
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"train.iters must be int, got 'many'"):
+        load_config(write(tmp_path, BASE), ["train.iters=many"])
+    with pytest.raises(ConfigError, match=r"model.tie_embeddings must be bool"):
+        load_config(write(tmp_path, BASE), ["model.tie_embeddings=3"])
+
+
+def test_tp_must_divide_heads(tmp_path):
+    with pytest.raises(ConfigError, match=r"parallel.tp \(3\) does not divide model.num_attention_heads"):
+        load_config(write(tmp_path, BASE), ["parallel.tp=3"])
+
+
+def test_relations_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match="parallel.pp"):
+        load_config(write(tmp_path, BASE), ["parallel.pp=3"])
+    with pytest.raises(ConfigError, match="num_query_groups"):
+        load_config(write(tmp_path, BASE), ["model.num_query_groups=3"])
+    with pytest.raises(ConfigError, match="warmup_iters"):
+        load_config(write(tmp_path, BASE), ["train.iters=5", "train.warmup_iters=5"])
+    with pytest.raises(ConfigError, match="data.blend is empty"):
+        load_config(write(tmp_path, "train:\n  iters: 50\n"))
+    with pytest.raises(ConfigError, match="lr_decay_style must be one of"):
+        load_config(write(tmp_path, BASE), ["train.lr_decay_style=wsd2"])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "model: [unclosed\n"))
+    with pytest.raises(ConfigError, match="expected key.sub=value"):
+        load_config(write(tmp_path, BASE), ["parallel.tp"])
+
+
+def test_blend_forms():
+    assert parse_blend(["a"]) == (["a"], None)
+    assert parse_blend(["a", "b"]) == (["a", "b"], None)
+    assert parse_blend([0.3, "a", 0.7, "b"]) == (["a", "b"], [0.3, 0.7])
+    with pytest.raises(ConfigError):
+        parse_blend([0.3, "a", "b"])
