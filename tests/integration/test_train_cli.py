@@ -1,0 +1,170 @@
+"""The `pap.train` entry point end to end: resume after SIGKILL, resharded load, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import free_port, tiny_config
+
+REPO = Path(__file__).resolve().parents[2]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+
+
+def write_config(path: Path, cfg: dict) -> str:
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def launch(nproc: int, config: str, *overrides: str, log: Path):
+    """Start `pap.train` (torchrun for nproc > 1) in its own process group, output to `log`."""
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "pap.train", "--config", config, *overrides]
+    else:
+        cmd = [*TORCHRUN, "--nproc-per-node", str(nproc), "--master-port", str(free_port()),
+               "-m", "pap.train", "--config", config, *overrides]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def kill_tree(proc) -> None:
+    """SIGKILL the launcher and every process under it, as a node failure would.
+
+    torchrun starts its workers in their own sessions, so killing its group is not enough.
+    """
+    import psutil
+
+    victims = [psutil.Process(proc.pid)]
+    victims += victims[0].children(recursive=True)
+    for victim in victims:
+        try:
+            victim.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(victims, timeout=30)
+    proc.wait()
+
+
+def run(nproc, config, *overrides, log: Path, timeout=600):
+    proc = launch(nproc, config, *overrides, log=log)
+    assert proc.wait(timeout=timeout) == 0, log.read_text()[-4000:]
+    return log.read_text()
+
+
+def step_losses(metrics_file: Path) -> dict:
+    losses = {}
+    for line in metrics_file.read_text().splitlines():
+        record = json.loads(line)
+        if "lm loss" in record:
+            losses[record["iteration"]] = record["lm loss"]
+    return losses
+
+
+def validation_loss(output: str, iteration: int) -> float:
+    marker = f"validation loss at iteration {iteration}: "
+    lines = [l for l in output.splitlines() if l.startswith(marker)]
+    assert lines, output[-3000:]
+    return float(lines[-1][len(marker):])
+
+
+@pytest.mark.slow
+def test_sigkill_resume_and_reshard(tmp_path, random_dataset):
+    iters = 40
+    cfg = tiny_config(random_dataset, parallel={"tp": 2, "pp": 1},
+                      train={"iters": iters, "warmup_iters": 2, "eval_iters": 2},
+                      log={"interval": 10}, checkpoint={"save_interval": 4})
+
+    # 1. Uninterrupted reference, TP=2.
+    ref_dir = tmp_path / "ref"
+    config = write_config(tmp_path / "ref.yaml", {**cfg, "checkpoint": {**cfg["checkpoint"], "dir": str(ref_dir)}})
+    ref_out = run(2, config, log=tmp_path / "ref.log")
+    reference = step_losses(ref_dir / "metrics.jsonl")
+    assert sorted(reference) == list(range(1, iters + 1))
+    assert (ref_dir / "tensorboard").is_dir() and any((ref_dir / "tensorboard").iterdir())
+
+    # 2. The same run, SIGKILLed as soon as a checkpoint is complete.
+    run_dir = tmp_path / "killed"
+    config = write_config(tmp_path / "killed.yaml", {**cfg, "checkpoint": {**cfg["checkpoint"], "dir": str(run_dir)}})
+    proc = launch(2, config, log=tmp_path / "killed.log")
+    tracker = run_dir / "latest_checkpointed_iteration.txt"
+    deadline = time.time() + 300
+    while not tracker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    kill_tree(proc)
+    saved = int(tracker.read_text())
+    assert saved < iters, "the run finished before it could be killed"
+    done_before_kill = step_losses(run_dir / "metrics.jsonl")
+    assert max(done_before_kill) < iters
+
+    # 3. Resume: the steps after the checkpoint reproduce the reference exactly.
+    out = run(2, config, log=tmp_path / "resumed.log")
+    assert f"resumed from {run_dir / f'iter_{saved:07d}'} at iteration {saved}" in out
+    resumed = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines()[len(done_before_kill):]:
+        record = json.loads(line)
+        if "lm loss" in record:
+            resumed[record["iteration"]] = record["lm loss"]
+    assert sorted(resumed) == list(range(saved + 1, iters + 1))
+    for iteration, loss in resumed.items():
+        assert loss == pytest.approx(reference[iteration], abs=1e-6), iteration
+    assert not list(run_dir.glob("*.partial"))
+
+    # 4. The final TP=2 checkpoint loads at TP=1 and gives the same validation loss.
+    config = write_config(tmp_path / "tp1.yaml", {**cfg, "parallel": {"tp": 1, "pp": 1},
+                                                   "checkpoint": {**cfg["checkpoint"], "dir": str(ref_dir)}})
+    tp1_out = run(1, config, log=tmp_path / "tp1.log")
+    assert f"at iteration {iters}" in tp1_out
+    assert validation_loss(tp1_out, iters) == pytest.approx(validation_loss(ref_out, iters), abs=1e-5)
+
+
+def test_partial_checkpoint_is_ignored(tmp_path):
+    """A save that died before its rename is not taken for a checkpoint."""
+    from pap import checkpoint
+
+    (tmp_path / "iter_0000008.partial").mkdir()
+    (tmp_path / "iter_0000008.partial" / checkpoint.STATE_FILE).write_text("{}")
+    (tmp_path / "iter_0000004").mkdir()  # no state file: the save never completed
+    assert checkpoint.find_latest(str(tmp_path)) is None
+
+
+BAD_INPUTS = {
+    "unknown key": (["train.iterz=5"], "unknown config key 'train.iterz'"),
+    "tp does not divide heads": (["parallel.tp=3"], "parallel.tp (3) does not divide model.num_attention_heads"),
+    "missing dataset": (["data.blend=[/nonexistent/corpus_text_document]"],
+                        "dataset prefix '/nonexistent/corpus_text_document' not found"),
+    "vocab too large": (["model.vocab_size=100"], "contains token id"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_clear_line(case, tmp_path, random_dataset):
+    overrides, message = BAD_INPUTS[case]
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", tiny_config(random_dataset, checkpoint={"dir": str(run_dir)}))
+    result = subprocess.run([sys.executable, "-m", "pap.train", "--config", config, *overrides], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = [l for l in (result.stdout + result.stderr).splitlines() if l.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ") and message in lines[0], lines[0]
+    assert not run_dir.exists(), "a failed start left output behind"
+
+
+def test_dataset_metadata_vocab_is_checked(tmp_path, random_dataset):
+    """A sidecar that records a larger tokenizer vocab than the model's is refused."""
+    from pap.data import check_dataset
+    from pap.errors import PapError
+
+    prefix = str(tmp_path / "copy_text_document")
+    for ext in (".bin", ".idx"):
+        os.link(random_dataset + ext, prefix + ext)
+    Path(prefix + ".meta.json").write_text(json.dumps({"vocab_size": 50000}))
+    with pytest.raises(PapError, match="vocabulary of 50000"):
+        check_dataset(prefix, 4096)
