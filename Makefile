@@ -25,7 +25,7 @@ corpus: data/embedded/stdlib_text_document.meta.json
 
 # Trains configs/tiny.yaml (TP=2 x PP=2, 4 gloo processes on CPU); resumes if interrupted.
 demo: corpus
-	PYTHONWARNINGS=ignore $(VENV)/bin/torchrun --nproc-per-node $(NPROC) -m pap.train --config configs/tiny.yaml
+	OMP_NUM_THREADS=1 PYTHONWARNINGS=ignore $(VENV)/bin/torchrun --nproc-per-node $(NPROC) -m pap.train --config configs/tiny.yaml
 	@echo "checkpoints and TensorBoard logs: runs/tiny  (tensorboard --logdir runs/tiny/tensorboard)"
 
 # The whole suite, slow tests included (what CI runs).
