@@ -25,6 +25,7 @@ def _quiet_libraries() -> None:
     import logging
 
     warnings.filterwarnings("ignore", module=r"megatron\..*")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\..*")
     warnings.filterwarnings("ignore", message=r".*(apex|transformer_engine|Transformer Engine|APEX).*")
     logging.getLogger("megatron").setLevel(logging.ERROR)
 

@@ -18,6 +18,7 @@ LAYOUTS = {
     "pp2_tied": (2, {"tp": 1, "pp": 2}, True),
     "tp2pp2": (4, {"tp": 2, "pp": 2}, False),
     "dp2_tied": (2, {"tp": 1, "pp": 1}, True),
+    "dp2_distributed_optimizer": (2, {"tp": 1, "pp": 1, "distributed_optimizer": True}, False),
 }
 
 
@@ -46,12 +47,19 @@ def test_matches_single_process(layout, references, random_dataset):
         assert got["params"][name].shape == value.shape, name
         assert _relative_error(got["params"][name], value) == 0.0, f"initial weight {name} differs"
     assert abs(got["loss"] - ref["loss"]) <= 1e-5
-    worst = max((_relative_error(got["grads"][n], g), n) for n, g in ref["grads"].items())
-    assert worst[0] <= 1e-5, f"gradient {worst[1]} differs by {worst[0]:.2e} (relative)"
-    assert all(g.abs().max() > 0 for g in ref["grads"].values()), "reference has an all-zero gradient"
+    if not parallel.get("distributed_optimizer"):
+        # (The distributed optimizer reduce-scatters: each rank holds only its shard of the
+        # reduced gradient, so there the check is the training trajectory below.)
+        _assert_same_gradients(got, ref)
     for step, (a, b) in enumerate(zip(got["losses"], ref["losses"])):
         assert abs(a - b) <= 1e-4, f"step {step + 1}: loss {a} vs {b}"
     assert ref["losses"][-1] < ref["losses"][0], "training did not reduce the loss"
+
+
+def _assert_same_gradients(got, ref):
+    worst = max((_relative_error(got["grads"][n], g), n) for n, g in ref["grads"].items())
+    assert worst[0] <= 1e-5, f"gradient {worst[1]} differs by {worst[0]:.2e} (relative)"
+    assert all(g.abs().max() > 0 for g in ref["grads"].values()), "reference has an all-zero gradient"
 
 
 def test_arch_counts_the_built_model(random_dataset):
