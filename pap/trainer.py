@@ -22,7 +22,7 @@ from pap.config import PapConfig
 from pap.data import Batches, build_datasets
 from pap.distributed import Topology, init_distributed
 from pap.errors import PapError
-from pap.model import build_model, transformer_config  # noqa: F401  (re-exported for tools)
+from pap.model import build_model
 from pap.progress import Progress
 
 

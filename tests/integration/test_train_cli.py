@@ -168,3 +168,16 @@ def test_dataset_metadata_vocab_is_checked(tmp_path, random_dataset):
     Path(prefix + ".meta.json").write_text(json.dumps({"vocab_size": 50000}))
     with pytest.raises(PapError, match="vocabulary of 50000"):
         check_dataset(prefix, 4096)
+
+
+def test_weighted_blend_trains(tmp_path, random_dataset):
+    """Two datasets blended 30/70, as in Megatron-LM's --data-path, feed a one-process run."""
+    from tests.helpers import write_random_dataset
+
+    other = write_random_dataset(str(tmp_path / "other_text_document"), seed=1)
+    cfg = tiny_config(random_dataset, train={"iters": 3, "warmup_iters": 1, "eval_iters": 1},
+                      data={"blend": [0.3, random_dataset, 0.7, other], "seq_length": 32, "split": "90,10,0"},
+                      log={"interval": 1, "metrics_file": str(tmp_path / "m.jsonl")})
+    out = run(1, write_config(tmp_path / "c.yaml", cfg), log=tmp_path / "blend.log")
+    assert sorted(step_losses(tmp_path / "m.jsonl")) == [1, 2, 3]
+    assert "validation loss at iteration 3" in out
