@@ -24,9 +24,12 @@ setup(
         "tokenizers",
         "sentencepiece",
         "tensorboard",
+        "safetensors",
+        "pyarrow",  # data_prep: .parquet inputs
+        "zstandard",  # data_prep: .jsonl.zst inputs
     ],
     extras_require={
-        "hf": ["transformers", "safetensors"],
-        "dev": ["pytest", "pytest-timeout"],
+        "hf": ["transformers"],
+        "dev": ["pytest", "pytest-timeout", "transformers"],
     },
 )
