@@ -47,8 +47,14 @@ class ResumeState:
     iteration: int
     consumed_samples: int
     arch: Arch
-    scheduler: dict
+    scheduler: Optional[dict]
     layout: dict
+    config: dict
+
+    @property
+    def model_only(self) -> bool:
+        """True for weights without optimizer state (conversions, exports)."""
+        return self.scheduler is None
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -88,8 +94,9 @@ def _read_state(state_file: Path) -> ResumeState:
             iteration=int(data["iteration"]),
             consumed_samples=int(data["consumed_samples"]),
             arch=Arch(**data["arch"]),
-            scheduler=data["scheduler"],
+            scheduler=data.get("scheduler"),
             layout=data["layout"],
+            config=data.get("config", {}),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise PapError(f"{state_file}: unreadable checkpoint state ({exc}); delete this checkpoint "
@@ -98,13 +105,18 @@ def _read_state(state_file: Path) -> ResumeState:
 
 def _sharded_state(model, optimizer, is_loading: bool):
     model_state = model.sharded_state_dict()
+    if optimizer is None:
+        return {"model": model_state}
     optimizer_state = optimizer.sharded_state_dict(model_state, is_loading=is_loading, metadata=_OPTIMIZER_METADATA)
     return {"model": model_state, "optimizer": optimizer_state}
 
 
 def save(root: str, iteration: int, consumed_samples: int, arch: Arch, model, optimizer,
          scheduler, layout: dict, config: dict) -> Path:
-    """Write checkpoint `iteration` on every rank (collective); returns its final path."""
+    """Write checkpoint `iteration` on every rank (collective); returns its final path.
+
+    With `optimizer` and `scheduler` None, the checkpoint holds weights only.
+    """
     from megatron.core import dist_checkpointing
 
     final = iteration_dir(root, iteration)
@@ -121,7 +133,7 @@ def save(root: str, iteration: int, consumed_samples: int, arch: Arch, model, op
             "iteration": iteration,
             "consumed_samples": consumed_samples,
             "arch": json.loads(arch.to_json()),
-            "scheduler": scheduler.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "layout": layout,
             "config": config,
         }
@@ -152,10 +164,48 @@ def _materialise_optimizer_state(optimizer) -> None:
                     state["exp_avg_sq"] = torch.zeros_like(param.data)
 
 
+def _dist_load(sharded_state: dict, path: Path) -> dict:
+    """megatron `dist_checkpointing.load`, with a mismatch reported as one PapError line.
+
+    torch's CheckpointException derives from BaseException and carries per-rank
+    tracebacks; the first rank's message is what the user needs.
+    """
+    from megatron.core import dist_checkpointing
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        return dist_checkpointing.load(sharded_state, str(path))
+    except (Exception, CheckpointException) as exc:
+        cause = exc
+        failures = getattr(exc, "failures", None)
+        if failures:
+            cause = next(iter(failures.values()))  # (exception, traceback frames)
+            cause = cause[0] if isinstance(cause, tuple) else getattr(cause, "exception", cause)
+        lines = str(cause).strip().splitlines()
+        raise PapError(f"{path}: cannot load the weights: {lines[0][:300] if lines else type(cause).__name__}; "
+                       f"the checkpoint does not match its recorded architecture") from None
+
+
+def load_model(resume: ResumeState, model) -> None:
+    """Load only the weights of `resume` into `model` (any TP/PP layout)."""
+    state = _dist_load({"model": model.sharded_state_dict()}, resume.path)
+    model.load_state_dict(state["model"])
+
+
+def read(path: str) -> ResumeState:
+    """The checkpoint at `path`: a checkpoint root (newest inside) or one `iter_*` directory."""
+    direct = Path(path) / STATE_FILE
+    if direct.is_file():
+        return _read_state(direct)
+    found = find_latest(path)
+    if found is None:
+        raise PapError(f"{path}: no complete pap checkpoint here (expected {STATE_FILE} in it or in an iter_* "
+                       f"directory below it)")
+    return found
+
+
 def load(resume: ResumeState, model, optimizer, scheduler, layout: dict) -> None:
     """Load model, optimizer and scheduler state from `resume` into freshly built objects."""
-    from megatron.core import dist_checkpointing
-
     saved = resume.layout
     if saved.get("distributed_optimizer") or layout.get("distributed_optimizer"):
         if (saved.get("tp"), saved.get("pp"), saved.get("distributed_optimizer")) != (
@@ -164,7 +214,7 @@ def load(resume: ResumeState, model, optimizer, scheduler, layout: dict) -> None
                            f"distributed_optimizer={saved.get('distributed_optimizer')}; a distributed-optimizer "
                            f"checkpoint reloads only at the same tp, pp and optimizer type")
     _materialise_optimizer_state(optimizer)
-    state = dist_checkpointing.load(_sharded_state(model, optimizer, is_loading=True), str(resume.path))
+    state = _dist_load(_sharded_state(model, optimizer, is_loading=True), resume.path)
     model.load_state_dict(state["model"])
     with torch.no_grad():  # fp32 main params may be views of leaf params (distrib_optimizer.py:940)
         optimizer.load_state_dict(state["optimizer"])

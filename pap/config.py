@@ -152,6 +152,9 @@ class CheckpointConfig:
     """Save every this many steps (0: only at the end)."""
     save_at_end: bool = True
     """Save after the last step."""
+    init_from: Optional[str] = None
+    """Start from the weights (and Arch) of this pap checkpoint, e.g. one made by
+    `python -m pap.convert hf-to-mcore`, when `dir` holds no checkpoint yet."""
 
 
 @dataclass

@@ -6,6 +6,8 @@ This is one of the two places where megatron's own argument names appear (the ot
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -28,18 +30,24 @@ def _use_transformer_engine(impl: str) -> bool:
     return torch.cuda.is_available()
 
 
-def transformer_config(arch: Arch, cfg: PapConfig):
-    """megatron-core `TransformerConfig` for a uniform `arch` under `cfg.parallel`."""
+def transformer_config(arch: Arch, cfg: PapConfig, dtype: Optional[torch.dtype] = None,
+                       initialize: bool = True):
+    """megatron-core `TransformerConfig` for a uniform `arch` under `cfg.parallel`.
+
+    `dtype` overrides `model.params_dtype` (converters hold bf16 weights on CPU without
+    training them); `initialize=False` leaves weights unwritten (they are loaded next).
+    """
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     if not arch.is_uniform:
         raise PapError("this architecture has per-layer shapes; building it needs the cluster-attention "
                        "layer spec of the pruning engine")
     on_gpu = torch.cuda.is_available()
-    bf16 = cfg.model.params_dtype == "bf16"
-    if bf16 and not on_gpu:
-        raise PapError("model.params_dtype=bf16 needs a GPU; use model.params_dtype=fp32 on CPU")
-    dtype = torch.bfloat16 if bf16 else torch.float32
+    if dtype is None:
+        if cfg.model.params_dtype == "bf16" and not on_gpu:
+            raise PapError("model.params_dtype=bf16 needs a GPU; use model.params_dtype=fp32 on CPU")
+        dtype = torch.bfloat16 if cfg.model.params_dtype == "bf16" else torch.float32
+    bf16 = dtype == torch.bfloat16
     return TransformerConfig(
         num_layers=arch.num_layers,
         hidden_size=arch.hidden_size,
@@ -65,6 +73,7 @@ def transformer_config(arch: Arch, cfg: PapConfig):
         # (`tensor_model_parallel`, `partition_dim`, `partition_stride`), which DDP, grad
         # clipping and pap.init read; pap.init then overwrites the values layout-independently.
         use_cpu_initialization=not on_gpu,
+        perform_initialization=initialize,
         # Fused kernels are CUDA-only; p2p sync would call torch.cuda.synchronize.
         bias_activation_fusion=on_gpu,
         masked_softmax_fusion=on_gpu,
@@ -85,12 +94,18 @@ def layer_spec(cfg: PapConfig):
     return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
 
 
-def build_model(arch: Arch, cfg: PapConfig):
-    """The GPTModel stage owned by this rank (call after `init_distributed`)."""
+def build_model(arch: Arch, cfg: PapConfig, dtype: Optional[torch.dtype] = None, initialize: bool = True):
+    """The GPTModel stage owned by this rank (call after `init_distributed`).
+
+    With `initialize=False` the weights are left unwritten for a checkpoint load; then
+    megatron also skips tagging TP partitioning attributes, so use it at TP=1 only.
+    """
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
 
-    config = transformer_config(arch, cfg)
+    if not initialize and cfg.parallel.tp > 1:
+        raise ValueError("build_model(initialize=False) is for TP=1 (conversion) only")
+    config = transformer_config(arch, cfg, dtype, initialize)
     model = GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(cfg),
@@ -100,9 +115,10 @@ def build_model(arch: Arch, cfg: PapConfig):
         post_process=ps.is_pipeline_last_stage(),
         share_embeddings_and_output_weights=arch.tie_embeddings,
         position_embedding_type="rope",
-        rotary_base=int(cfg.model.rope_theta),
+        rotary_base=cfg.model.rope_theta,
     )
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
-    initialize_weights(model, cfg.train.seed, cfg.model.init_std, arch.num_layers)
+    if initialize:
+        initialize_weights(model, cfg.train.seed, cfg.model.init_std, arch.num_layers)
     return model

@@ -66,7 +66,12 @@ class Trainer:
         self.topo = topology or init_distributed(cfg.parallel.tp, cfg.parallel.pp, cfg.train.seed)
         t = cfg.train
         self.resume = checkpoint.find_latest(cfg.checkpoint.dir)
-        self.arch: Arch = self.resume.arch if self.resume else Arch.from_model_config(cfg.model)
+        self.init_from = None
+        if self.resume is None and cfg.checkpoint.init_from:
+            self.init_from = checkpoint.read(cfg.checkpoint.init_from)
+            check_same_model_settings(self.init_from, cfg)
+        source = self.resume or self.init_from
+        self.arch: Arch = source.arch if source else Arch.from_model_config(cfg.model)
 
         cache_dir = cfg.data.cache_dir or (f"{cfg.checkpoint.dir}/data_cache" if cfg.checkpoint.dir else None)
         valid_samples = t.eval_iters * t.global_batch_size
@@ -106,10 +111,12 @@ class Trainer:
 
         self.iteration = 0
         self.consumed_samples = 0
-        if self.resume:
+        if self.resume and not self.resume.model_only:
             checkpoint.load(self.resume, self.model.module, self.optimizer, self.scheduler, self.layout)
             self.iteration = self.resume.iteration
             self.consumed_samples = self.resume.consumed_samples
+        elif source:
+            checkpoint.load_model(source, self.model.module)
         self.after_step_hooks: List[Callable[["Trainer", StepResult], None]] = []
 
     # ---- facts -----------------------------------------------------------------------------
@@ -204,7 +211,9 @@ class Trainer:
         progress.print(
             f"pap: {self.arch.num_params():,} parameters | tp={self.topo.tp} pp={self.topo.pp} dp={self.topo.dp} | "
             f"global batch {cfg.train.global_batch_size} x {cfg.data.seq_length} tokens | "
-            + (f"resumed from {self.resume.path} at iteration {self.iteration}" if self.resume else "fresh start"))
+            + (f"resumed from {self.resume.path} at iteration {self.iteration}" if self.iteration
+               else f"weights from {(self.resume or self.init_from).path}" if (self.resume or self.init_from)
+               else "fresh start"))
         flops_per_iter = self.arch.flops_per_token(cfg.data.seq_length) * self.tokens_per_iter
         window_loss, window_steps, window_seconds = 0.0, 0, 0.0
         last_saved = self.iteration if self.resume else None
@@ -247,6 +256,15 @@ class Trainer:
             progress.print(f"validation loss at iteration {self.iteration}: {loss:.6f}")
             progress.scalars(self.iteration, {"lm loss validation": loss})
         return loss
+
+
+def check_same_model_settings(source: "checkpoint.ResumeState", cfg: PapConfig) -> None:
+    """Settings that the weights depend on but `Arch` does not record must agree with the config."""
+    saved = source.config.get("model", {})
+    for key in ("vocab_size", "rope_theta", "norm_eps", "tie_embeddings"):
+        if key in saved and saved[key] != getattr(cfg.model, key):
+            raise PapError(f"checkpoint.init_from {source.path}: model.{key} is {saved[key]!r} there but "
+                           f"{getattr(cfg.model, key)!r} in the config; set model.{key}={saved[key]}")
 
 
 def ensure_world_fits(cfg: PapConfig, world_size: int) -> None:

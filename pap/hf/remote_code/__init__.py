@@ -1,0 +1,1 @@
+"""Files copied next to exported weights for `trust_remote_code=True` loading."""

@@ -1,0 +1,55 @@
+"""Per-rank functions for the conversion tests (run by tests.helpers.run_distributed)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def megatron_logits(ckpt: str, tp: int, pp: int, tokens: torch.Tensor, resave_to: str = None):
+    """Logits [batch, seq, vocab] of the pap checkpoint `ckpt` loaded at TP=tp, PP=pp.
+
+    Returns them on the rank holding the last stage's TP rank 0 (None elsewhere).
+    With `resave_to`, also writes a weights-only checkpoint from this layout.
+    """
+    import dataclasses
+
+    import torch.distributed as dist
+    from megatron.core import tensor_parallel
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from pap import checkpoint
+    from pap.config import DataConfig, ModelConfig, PapConfig, ParallelConfig
+    from pap.distributed import init_distributed
+    from pap.model import build_model
+
+    topo = init_distributed(tp, pp, seed=0)
+    source = checkpoint.read(ckpt)
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    model_cfg = ModelConfig(**{k: v for k, v in source.config["model"].items() if k in known})
+    model_cfg.params_dtype = "fp32"
+    cfg = PapConfig(model=model_cfg, parallel=ParallelConfig(tp=tp, pp=pp),
+                    data=DataConfig(blend=["-"], seq_length=tokens.shape[1]))
+    model = build_model(source.arch, cfg)
+    checkpoint.load_model(source, model)
+    model.config.batch_p2p_sync = False
+    positions = torch.arange(tokens.shape[1]).unsqueeze(0).expand_as(tokens)
+    collected = {}
+
+    def loss_func(output):
+        collected["logits"] = tensor_parallel.gather_from_tensor_model_parallel_region(output).detach()
+        return output.sum() * 0, {}
+
+    def forward_step(_, stage):
+        return stage(tokens, positions, None), loss_func
+
+    with torch.no_grad():
+        get_forward_backward_func()(forward_step_func=forward_step, data_iterator=iter([None]), model=[model],
+                                    num_microbatches=1, seq_length=tokens.shape[1],
+                                    micro_batch_size=tokens.shape[0], forward_only=True)
+    if resave_to:
+        checkpoint.save(resave_to, 0, 0, source.arch, model, None, None,
+                        layout={"tp": tp, "pp": pp, "dp": topo.dp, "distributed_optimizer": False},
+                        config=source.config)
+    if topo.is_last_stage and topo.tp_rank == 0:
+        return collected["logits"][..., : source.arch.vocab_size].clone()
+    return None
