@@ -41,8 +41,16 @@ class PapLlamaAttention(LlamaAttention):
         self.k_proj = nn.Linear(hidden, num_kv * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(hidden, num_kv * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(num_heads * self.head_dim, hidden, bias=bias)
-        kv_index = [g for g, n in enumerate(groups) for _ in range(n)]
-        self.register_buffer("kv_index", torch.tensor(kv_index, dtype=torch.long), persistent=False)
+        # Query head i reads KV head kv_of_head[i]. Kept as a plain list, not a buffer:
+        # transformers builds models on the meta device, where a non-persistent buffer
+        # would come back uninitialised.
+        self.kv_of_head = [g for g, n in enumerate(groups) for _ in range(n)]
+        self._kv_index = {}
+
+    def kv_index(self, device):
+        if device not in self._kv_index:
+            self._kv_index[device] = torch.tensor(self.kv_of_head, dtype=torch.long, device=device)
+        return self._kv_index[device]
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None,
                 **kwargs):
@@ -55,8 +63,9 @@ class PapLlamaAttention(LlamaAttention):
         query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
         if past_key_values is not None:
             key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
-        key_states = key_states.index_select(1, self.kv_index)
-        value_states = value_states.index_select(1, self.kv_index)
+        index = self.kv_index(key_states.device)
+        key_states = key_states.index_select(1, index)
+        value_states = value_states.index_select(1, index)
         attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
                                                                     eager_attention_forward)
         attn_output, attn_weights = attention_interface(

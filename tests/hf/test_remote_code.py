@@ -1,0 +1,176 @@
+"""Shapes a plain LlamaForCausalLM cannot hold export with pap's remote code, exactly."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.hf.test_convert import TOKENS, convert, hf_logits
+from tests.helpers import run_distributed, tiny_config
+from tests.integration.test_train_cli import run, write_config
+
+pytest.importorskip("transformers")
+
+
+def pruned_arch():
+    """Cluster attention (uneven query heads per KV head, a pruned KV head), per-layer
+    head counts and FFN widths, and an odd hidden size."""
+    from pap.arch import Arch
+
+    return Arch(vocab_size=300, padded_vocab_size=384, hidden_size=45, head_dim=8,
+                heads_per_group=[[3, 1], [2, 0, 1], [1, 1, 1, 2]], ffn=[37, 64, 51], tie_embeddings=False)
+
+
+def random_full_state(arch, seed=0):
+    """Megatron full tensors (global names) for `arch`, random but not degenerate."""
+    g = torch.Generator().manual_seed(seed)
+    h, d = arch.hidden_size, arch.head_dim
+
+    def rand(*shape, scale=0.2):
+        return torch.randn(*shape, generator=g) * scale
+
+    full = {"embedding.word_embeddings.weight": rand(arch.padded_vocab_size, h, scale=1.0),
+            "decoder.final_layernorm.weight": 1 + rand(h), "output_layer.weight": rand(arch.padded_vocab_size, h)}
+    for l in range(arch.num_layers):
+        q, kv, f = arch.num_heads(l), arch.num_kv_heads(l), arch.ffn[l]
+        prefix = f"decoder.layers.{l}."
+        full.update({
+            prefix + "input_layernorm.weight": 1 + rand(h),
+            prefix + "self_attention.linear_qkv.weight": rand((q + 2 * kv) * d, h),
+            prefix + "self_attention.linear_proj.weight": rand(h, q * d),
+            prefix + "pre_mlp_layernorm.weight": 1 + rand(h),
+            prefix + "mlp.linear_fc1.weight": rand(2 * f, h),
+            prefix + "mlp.linear_fc2.weight": rand(h, f),
+        })
+    return full
+
+
+def reference_logits(full, arch, tokens, rope_theta=10000.0, eps=1e-5):
+    """A direct implementation of the pruned model from megatron-layout tensors."""
+    from pap.hf import layout
+
+    d = arch.head_dim
+    x = full["embedding.word_embeddings.weight"][tokens]
+    seq = tokens.shape[1]
+    inv = 1.0 / rope_theta ** (torch.arange(0, d, 2).float() / d)
+    angles = torch.outer(torch.arange(seq).float(), inv)
+    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+
+    def rope(t):
+        half = t.shape[-1] // 2
+        rotated = torch.cat([-t[..., half:], t[..., :half]], -1)
+        return t * cos + rotated * sin
+
+    def norm(t, w):
+        return t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + eps) * w
+
+    mask = torch.ones(seq, seq).triu(1).bool()
+    for l in range(arch.num_layers):
+        p = f"decoder.layers.{l}."
+        y = norm(x, full[p + "input_layernorm.weight"])
+        wq, wk, wv = layout.qkv_from_megatron(full[p + "self_attention.linear_qkv.weight"],
+                                              arch.heads_per_group[l], d)
+        groups = layout.kept_groups(arch.heads_per_group[l])
+        kv_of_head = [g for g, n in enumerate(groups) for _ in range(n)]
+        q = rope((y @ wq.T).unflatten(-1, (-1, d)).transpose(1, 2))
+        k = rope((y @ wk.T).unflatten(-1, (-1, d)).transpose(1, 2))[:, kv_of_head]
+        v = (y @ wv.T).unflatten(-1, (-1, d)).transpose(1, 2)[:, kv_of_head]
+        scores = (q @ k.transpose(-1, -2)) / d ** 0.5
+        attn = scores.masked_fill(mask, float("-inf")).softmax(-1) @ v
+        x = x + attn.transpose(1, 2).flatten(2) @ full[p + "self_attention.linear_proj.weight"].T
+        y = norm(x, full[p + "pre_mlp_layernorm.weight"])
+        gate, up = full[p + "mlp.linear_fc1.weight"].chunk(2)
+        x = x + (torch.nn.functional.silu(y @ gate.T) * (y @ up.T)) @ full[p + "mlp.linear_fc2.weight"].T
+    x = norm(x, full["decoder.final_layernorm.weight"])
+    return (x @ full["output_layer.weight"].T)[..., : arch.vocab_size]
+
+
+def test_pruned_arch_remote_code_and_expand_kv(tmp_path):
+    from pap.config import ModelConfig
+    from pap.hf.convert import write_hf_dir
+
+    arch = pruned_arch()
+    full = random_full_state(arch)
+    reference = reference_logits(full, arch, TOKENS)
+    settings = ModelConfig(vocab_size=300, rope_theta=10000.0, norm_eps=1e-5)
+
+    remote = write_hf_dir(full, arch, settings, str(tmp_path / "remote"), torch.float32)
+    config = json.loads((remote / "config.json").read_text())
+    assert config["architectures"] == ["PapLlamaForCausalLM"] and config["heads_per_group"] == arch.heads_per_group
+    torch.testing.assert_close(hf_logits(remote, TOKENS, remote=True), reference, rtol=1e-5, atol=1e-5)
+
+    expanded = write_hf_dir(full, arch, settings, str(tmp_path / "expanded"), torch.float32, expand_kv=True)
+    config = json.loads((expanded / "config.json").read_text())
+    assert config["num_key_value_heads"] == config["num_attention_heads"] == 5
+    assert config["intermediate_size"] == 64
+    # 45 % 5 == 0, so the expanded model is a plain Llama, loadable without remote code.
+    assert config["architectures"] == ["LlamaForCausalLM"] and not (expanded / "modeling_pap_llama.py").exists()
+    torch.testing.assert_close(hf_logits(expanded, TOKENS), reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_hidden_not_multiple_of_heads_matches_megatron(tmp_path, random_dataset):
+    """A trained pap model with hidden 36 and 5 heads of 8: transformers' Llama rejects
+    that config, so the export uses the remote-code class; its logits equal megatron's."""
+    from tests.hf.workers import megatron_logits
+
+    cfg = tiny_config(random_dataset, model={"vocab_size": 300, "hidden_size": 36, "num_attention_heads": 5,
+                                             "num_query_groups": 5, "head_dim": 8, "ffn_hidden_size": 40},
+                      train={"iters": 2, "warmup_iters": 1, "eval_iters": 0},
+                      checkpoint={"dir": str(tmp_path / "run")})
+    run(1, write_config(tmp_path / "c.yaml", cfg), log=tmp_path / "train.log")
+    convert("mcore-to-hf", "--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "hf"))
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == ["PapLlamaForCausalLM"]
+    tokens = TOKENS % 256
+    expected = [x for x in run_distributed(megatron_logits, 1, str(tmp_path / "run"), 1, 1, tokens) if x is not None][0]
+    torch.testing.assert_close(hf_logits(tmp_path / "hf", tokens, remote=True), expected, rtol=1e-5, atol=1e-5)
+
+
+def hf_first_batch_loss(hf_dir, cfg_dict, padded_vocab):
+    from transformers import AutoModelForCausalLM
+
+    from pap.config import config_from_dict
+    from pap.data import Batches, build_datasets
+
+    cfg = config_from_dict(cfg_dict)
+    train, _ = build_datasets(cfg, cfg.train.iters * cfg.train.global_batch_size, 0, None)
+    batches = Batches(train, cfg.train.micro_batch_size, cfg.train.global_batch_size, 0, 1)
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    losses = []
+    with torch.no_grad():
+        for micro in batches.microbatches(0):
+            logits = model(micro["tokens"]).logits
+            logits = torch.nn.functional.pad(logits, (0, padded_vocab - logits.shape[-1]))
+            losses.append(torch.nn.functional.cross_entropy(logits.flatten(0, 1), micro["labels"].flatten()).item())
+    return sum(losses) / len(losses)
+
+
+@pytest.mark.slow
+def test_training_starts_from_converted_weights(tmp_path, random_dataset):
+    """checkpoint.init_from: a run starts from HF weights and the architecture they carry."""
+    from tests.hf.test_convert import MODELS, make_hf_model
+
+    hf = make_hf_model(tmp_path / "hf", **MODELS["gqa_tied"])
+    convert("hf-to-mcore", "--hf", str(hf), "--out", str(tmp_path / "mcore"))
+    model = {"vocab_size": 300, "hidden_size": 96, "num_layers": 4, "num_attention_heads": 6, "num_query_groups": 2,
+             "ffn_hidden_size": 80, "tie_embeddings": True}
+    cfg = tiny_config(random_dataset, model=model, train={"iters": 2, "warmup_iters": 1, "eval_iters": 1},
+                      checkpoint={"dir": str(tmp_path / "run"), "init_from": str(tmp_path / "mcore")})
+    out = run(1, write_config(tmp_path / "c.yaml", cfg), log=tmp_path / "train.log")
+    assert f"weights from {tmp_path / 'mcore' / 'iter_0000000'}" in out
+    # The first loss is the HF model's loss on the first batch (megatron's zero logits for
+    # the padded vocab rows included in the softmax).
+    first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])["lm loss"]
+    assert first == pytest.approx(hf_first_batch_loss(hf, cfg, padded_vocab=384), abs=1e-4)
+    cfg["checkpoint"]["dir"] = str(tmp_path / "run2")
+    cfg["model"]["norm_eps"] = 1e-6
+    bad = tmp_path / "bad.yaml"
+    write_config(bad, cfg)
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "pap.train", "--config", str(bad)], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 2 and "model.norm_eps is 1e-05 there" in result.stderr
