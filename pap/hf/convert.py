@@ -100,6 +100,7 @@ def hf_to_mcore(hf_dir: str, out: str, tp: int = 1, pp: int = 1, progress=print)
                 raise PapError(f"{hf_dir}: {name} should be {tuple(param.shape)} for this config.json, "
                                f"the checkpoint's tensors give {tuple(tensor.shape)}")
             param.copy_(tensor)
+    del reader  # unmap the safetensors files before the save needs memory of its own
     progress(f"hf-to-mcore: read {arch.num_params():,} parameters ({dtype_name}) in {time.time() - start:.1f}s")
     final = Path(out)
     partial = final.with_name(final.name + ".partial")
