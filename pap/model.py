@@ -30,31 +30,48 @@ def _use_transformer_engine(impl: str) -> bool:
     return torch.cuda.is_available()
 
 
+def needs_cluster_layers(arch: Arch) -> bool:
+    """True when some layer differs from the others or has unequal KV groups."""
+    return not arch.is_uniform or any(0 in groups for groups in arch.heads_per_group)
+
+
 def transformer_config(arch: Arch, cfg: PapConfig, dtype: Optional[torch.dtype] = None,
                        initialize: bool = True):
-    """megatron-core `TransformerConfig` for a uniform `arch` under `cfg.parallel`.
+    """megatron-core `TransformerConfig` for `arch` under `cfg.parallel`.
 
+    Per-layer shapes give a `PerLayerConfig` (megatron's heterogeneous-block mechanism).
     `dtype` overrides `model.params_dtype` (converters hold bf16 weights on CPU without
     training them); `initialize=False` leaves weights unwritten (they are loaded next).
     """
-    from megatron.core.transformer.transformer_config import TransformerConfig
+    from pap.per_layer_config import PerLayerConfig
 
-    if not arch.is_uniform:
-        raise PapError("this architecture has per-layer shapes; building it needs the cluster-attention "
-                       "layer spec of the pruning engine")
+    cluster = needs_cluster_layers(arch)
+    if cluster and cfg.parallel.tp > 1:
+        raise PapError("this architecture has per-layer shapes or unequal KV groups, which run at "
+                       "parallel.tp=1 only for now; use parallel.pp / data parallelism")
     on_gpu = torch.cuda.is_available()
     if dtype is None:
         if cfg.model.params_dtype == "bf16" and not on_gpu:
             raise PapError("model.params_dtype=bf16 needs a GPU; use model.params_dtype=fp32 on CPU")
         dtype = torch.bfloat16 if cfg.model.params_dtype == "bf16" else torch.float32
     bf16 = dtype == torch.bfloat16
-    return TransformerConfig(
+    if cluster:
+        # Core attention sees one K/V head per query head (see pap.cluster_attention).
+        widest = max(range(arch.num_layers), key=arch.num_heads)
+        heads, groups, ffn = arch.num_heads(widest), arch.num_heads(widest), max(arch.ffn)
+        per_layer = {"layer_shapes": tuple((arch.num_heads(l), arch.ffn[l]) for l in range(arch.num_layers)),
+                     "heterogeneous_block_specs": True}
+    else:
+        heads, groups, ffn = arch.num_heads(0), arch.num_kv_heads(0), arch.ffn[0]
+        per_layer = {}
+    return PerLayerConfig(
+        **per_layer,
         num_layers=arch.num_layers,
         hidden_size=arch.hidden_size,
-        num_attention_heads=arch.num_heads(0),
-        num_query_groups=arch.num_kv_heads(0),
+        num_attention_heads=heads,
+        num_query_groups=groups,
         kv_channels=arch.head_dim,
-        ffn_hidden_size=arch.ffn[0],
+        ffn_hidden_size=ffn,
         gated_linear_unit=True,
         activation_func=F.silu,
         normalization="RMSNorm",
@@ -94,6 +111,31 @@ def layer_spec(cfg: PapConfig):
     return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
 
 
+def block_spec(arch: Arch, cfg: PapConfig, config):
+    """The decoder spec of this rank's stage: one layer spec, or one per layer with cluster attention."""
+    import copy
+
+    from megatron.core.transformer.transformer_block import _get_block_submodules
+    from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
+
+    from pap.cluster_attention import ClusterSelfAttention
+
+    spec = layer_spec(cfg)
+    if not needs_cluster_layers(arch):
+        return spec
+    block = _get_block_submodules(config, spec)
+    offset = get_transformer_layer_offset(config)
+    layer_specs = []
+    for local in range(len(block.layer_specs)):
+        layer = copy.deepcopy(spec)
+        attention = layer.submodules.self_attention
+        attention.module = ClusterSelfAttention
+        attention.params = {**attention.params, "heads_per_group": list(arch.heads_per_group[offset + local])}
+        layer_specs.append(layer)
+    block.layer_specs = layer_specs
+    return block
+
+
 def build_model(arch: Arch, cfg: PapConfig, dtype: Optional[torch.dtype] = None, initialize: bool = True):
     """The GPTModel stage owned by this rank (call after `init_distributed`).
 
@@ -108,7 +150,7 @@ def build_model(arch: Arch, cfg: PapConfig, dtype: Optional[torch.dtype] = None,
     config = transformer_config(arch, cfg, dtype, initialize)
     model = GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(cfg),
+        transformer_layer_spec=block_spec(arch, cfg, config),
         vocab_size=arch.padded_vocab_size,
         max_sequence_length=cfg.data.seq_length,
         pre_process=ps.is_pipeline_first_stage(),

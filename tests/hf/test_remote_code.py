@@ -21,7 +21,8 @@ def pruned_arch():
     from pap.arch import Arch
 
     return Arch(vocab_size=300, padded_vocab_size=384, hidden_size=45, head_dim=8,
-                heads_per_group=[[3, 1], [2, 0, 1], [1, 1, 1, 2]], ffn=[37, 64, 51], tie_embeddings=False)
+                heads_per_group=[[3, 1], [2, 0, 1], [1, 1, 1, 2], [0, 4]], ffn=[37, 64, 51, 20],
+                tie_embeddings=False)
 
 
 def random_full_state(arch, seed=0):
@@ -105,10 +106,30 @@ def test_pruned_arch_remote_code_and_expand_kv(tmp_path):
     expanded = write_hf_dir(full, arch, settings, str(tmp_path / "expanded"), torch.float32, expand_kv=True)
     config = json.loads((expanded / "config.json").read_text())
     assert config["num_key_value_heads"] == config["num_attention_heads"] == 5
-    assert config["intermediate_size"] == 64
+    assert config["intermediate_size"] == 64 and config["num_hidden_layers"] == 4
     # 45 % 5 == 0, so the expanded model is a plain Llama, loadable without remote code.
     assert config["architectures"] == ["LlamaForCausalLM"] and not (expanded / "modeling_pap_llama.py").exists()
     torch.testing.assert_close(hf_logits(expanded, TOKENS), reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_pruned_megatron_model_exports_exactly(tmp_path):
+    """A megatron-core model of the pruned arch (cluster attention, per-layer shapes):
+    its logits at PP=1 and PP=2 equal the remote-code export's and the --expand-kv Llama's."""
+    from tests.hf.workers import make_checkpoint, megatron_logits
+
+    arch = pruned_arch()
+    run_distributed(make_checkpoint, 1, arch.to_json(), str(tmp_path / "mcore"))
+    expected = None
+    for pp in (1, 2):
+        got = [x for x in run_distributed(megatron_logits, pp, str(tmp_path / "mcore"), 1, pp, TOKENS) if x is not None]
+        if expected is None:
+            expected = got[0]
+        torch.testing.assert_close(got[0], expected, rtol=1e-5, atol=1e-5)
+    convert("mcore-to-hf", "--ckpt", str(tmp_path / "mcore"), "--out", str(tmp_path / "remote"))
+    torch.testing.assert_close(hf_logits(tmp_path / "remote", TOKENS, remote=True), expected, rtol=1e-5, atol=1e-5)
+    convert("mcore-to-hf", "--ckpt", str(tmp_path / "mcore"), "--out", str(tmp_path / "plain"), "--expand-kv")
+    torch.testing.assert_close(hf_logits(tmp_path / "plain", TOKENS), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow

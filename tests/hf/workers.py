@@ -53,3 +53,25 @@ def megatron_logits(ckpt: str, tp: int, pp: int, tokens: torch.Tensor, resave_to
     if topo.is_last_stage and topo.tp_rank == 0:
         return collected["logits"][..., : source.arch.vocab_size].clone()
     return None
+
+
+def make_checkpoint(arch_json: str, out: str, seed: int = 3):
+    """A weights-only pap checkpoint of a randomly initialised model of `arch_json` (TP=1)."""
+    import dataclasses
+
+    from pap import checkpoint
+    from pap.arch import Arch
+    from pap.config import DataConfig, ModelConfig, PapConfig, ParallelConfig, TrainConfig
+    from pap.distributed import init_distributed
+    from pap.model import build_model
+
+    init_distributed(1, 1, seed)
+    arch = Arch.from_json(arch_json)
+    model_cfg = ModelConfig(vocab_size=arch.vocab_size, hidden_size=arch.hidden_size, head_dim=arch.head_dim,
+                            tie_embeddings=arch.tie_embeddings, norm_eps=1e-5, init_std=0.2)
+    cfg = PapConfig(model=model_cfg, parallel=ParallelConfig(), data=DataConfig(blend=["-"]),
+                    train=TrainConfig(seed=seed))
+    model = build_model(arch, cfg)
+    checkpoint.save(out, 0, 0, arch, model, None, None, layout={"tp": 1, "pp": 1, "dp": 1,
+                                                                "distributed_optimizer": False},
+                    config={"model": dataclasses.asdict(model_cfg)})
