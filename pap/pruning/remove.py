@@ -1,0 +1,73 @@
+"""Which slices of which tensors a removal takes away, on full (TP=1) tensors.
+
+`prune_tensor(name, tensor, arch, removal)` works for any tensor shaped like the named
+parameter: the weight itself, its gradient, Adam's moments, an fp32 main copy, a Fisher
+buffer. Names are megatron's global ones (`decoder.layers.<global index>.…`, local spec).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Dict
+
+import torch
+
+from pap.arch import Arch
+from pap.cluster_attention import qkv_row_indices
+from pap.pruning.select import Removal, head_group
+
+_LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
+_HIDDEN_ROWS = ("self_attention.linear_proj.weight", "mlp.linear_fc2.weight")
+_HIDDEN_COLUMNS = ("self_attention.linear_qkv.weight", "mlp.linear_fc1.weight")
+
+
+def _without(tensor: torch.Tensor, dim: int, drop) -> torch.Tensor:
+    keep = [i for i in range(tensor.shape[dim]) if i not in set(drop)]
+    return tensor.index_select(dim, torch.tensor(keep, dtype=torch.long, device=tensor.device))
+
+
+def _qkv_rows_of_head(heads_per_group, head: int, head_dim: int):
+    """Rows of `linear_qkv` that go with query head `head` (its K/V rows if it is the last of its group)."""
+    q_rows, _, _ = qkv_row_indices(heads_per_group)
+    units = [q_rows[head]]
+    group = head_group(heads_per_group, head)
+    if heads_per_group[group] == 1:
+        start = sum(n + 2 for n in heads_per_group[:group] if n > 0)
+        units += [start + 1, start + 2]  # k_g and v_g follow the group's single query head
+    return [u * head_dim + r for u in units for r in range(head_dim)]
+
+
+def prune_tensor(name: str, tensor: torch.Tensor, arch: Arch, removal: Removal) -> torch.Tensor:
+    """`tensor` (shaped like parameter `name` under `arch`) with `removal`'s slices taken out."""
+    match = _LAYER.match(name)
+    layer, leaf = (int(match.group(1)), match.group(2)) if match else (None, name)
+    d = arch.head_dim
+    if removal.kind == "attn":
+        if layer is None:
+            return tensor
+        head = removal.indices[layer]
+        if leaf == "self_attention.linear_qkv.weight":
+            return _without(tensor, 0, _qkv_rows_of_head(arch.heads_per_group[layer], head, d))
+        if leaf == "self_attention.linear_proj.weight":
+            return _without(tensor, 1, range(head * d, (head + 1) * d))
+        return tensor
+    if removal.kind == "ffn":
+        if layer is None:
+            return tensor
+        channel = removal.indices[layer]
+        if leaf == "mlp.linear_fc1.weight":
+            return _without(tensor, 0, (channel, arch.ffn[layer] + channel))
+        if leaf == "mlp.linear_fc2.weight":
+            return _without(tensor, 1, (channel,))
+        return tensor
+    (channel,) = removal.indices
+    if name in ("embedding.word_embeddings.weight", "output_layer.weight") or leaf in _HIDDEN_COLUMNS:
+        return _without(tensor, 1, (channel,))
+    if leaf in _HIDDEN_ROWS or tensor.dim() == 1:  # the two row-parallel outputs, and every norm
+        return _without(tensor, 0, (channel,))
+    raise ValueError(f"no stem rule for {name}")
+
+
+def prune_state(full: Dict[str, torch.Tensor], arch: Arch, removal: Removal) -> Dict[str, torch.Tensor]:
+    """Every tensor of a full state dict with `removal` applied."""
+    return {name: prune_tensor(name, tensor, arch, removal) for name, tensor in full.items()}
