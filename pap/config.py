@@ -158,6 +158,30 @@ class CheckpointConfig:
 
 
 @dataclass
+class PruneConfig:
+    """Pruning-aware pretraining: interleave gradient steps with removals of minimal groups."""
+
+    enabled: bool = False
+    """Prune while training until the parameter target is reached."""
+    metric: str = "mix"
+    """Element saliency: first (|w g|), mix (|w g - w^2 F / 2|) or obd (|w^2 F / 2|)."""
+    target_params: float = 0.5
+    """Stop pruning at this many parameters (> 1) or this fraction of the starting count (<= 1)."""
+    grad_steps: int = 1
+    """Gradient steps (k) whose mean saliency feeds each round of pruning."""
+    prune_steps: int = 1
+    """Minimal groups removed (p) per round."""
+    normalize: Optional[str] = None
+    """None: raw candidate sums (the paper's default); params: divide by parameters removed."""
+    min_heads: int = 1
+    """Never prune a layer below this many query heads."""
+    min_ffn: int = 1
+    """Never prune a layer's FFN below this width."""
+    min_hidden: int = 1
+    """Never prune the hidden size below this."""
+
+
+@dataclass
 class PapConfig:
     """A whole run."""
 
@@ -167,6 +191,7 @@ class PapConfig:
     data: DataConfig = field(default_factory=DataConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
 
     def to_dict(self) -> dict:
         """Plain nested dict, the inverse of `config_from_dict`."""
@@ -283,6 +308,7 @@ _CHOICES = {
     "model.params_dtype": ("fp32", "bf16"),
     "model.transformer_impl": ("auto", "local", "transformer_engine"),
     "train.lr_decay_style": ("cosine", "linear", "constant"),
+    "prune.metric": ("first", "mix", "obd"),
 }
 
 
@@ -341,6 +367,19 @@ def validate(cfg: PapConfig, source: str = "<config>") -> None:
         fail("train", "warmup_iters, eval_iters and eval_interval must be >= 0")
     if cfg.checkpoint.save_interval < 0:
         fail("checkpoint.save_interval", "must be >= 0")
+    pr = cfg.prune
+    if pr.enabled:
+        if pr.target_params <= 0:
+            fail("prune.target_params", "must be positive (a count, or a fraction <= 1)")
+        if pr.grad_steps < 1 or pr.prune_steps < 1:
+            fail("prune", "grad_steps and prune_steps must be >= 1")
+        if pr.normalize not in (None, "params"):
+            fail("prune.normalize", f"must be unset or 'params', got {pr.normalize!r}")
+        if p.tp > 1:
+            fail("prune.enabled", "with parallel.tp > 1 is not supported yet (pruned shards would be uneven); "
+                 "prune with parallel.tp=1 and pipeline / data parallelism")
+        if p.distributed_optimizer:
+            fail("prune.enabled", "with parallel.distributed_optimizer=true is not supported yet")
     if not cfg.data.blend:
         fail("data.blend", "is empty: give at least one dataset prefix (path/name_text_document)")
     _parse_split(cfg.data.split, source)

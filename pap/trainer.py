@@ -57,9 +57,6 @@ class Trainer:
     """One rank's share of a pap training run."""
 
     def __init__(self, cfg: PapConfig, topology: Optional[Topology] = None):
-        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-        from megatron.core.distributed import finalize_model_grads
-        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
         self.cfg = cfg
@@ -81,33 +78,13 @@ class Trainer:
         self.valid_batches = (Batches(valid_ds, t.micro_batch_size, t.global_batch_size, self.topo.dp_rank,
                                       self.topo.dp) if valid_ds is not None and t.eval_iters else None)
 
-        module = build_model(self.arch, cfg)
-        self.config = module.config
-        self.model = DistributedDataParallel(
-            config=self.config,
-            ddp_config=DistributedDataParallelConfig(
-                grad_reduce_in_fp32=True, overlap_grad_reduce=False,
-                use_distributed_optimizer=cfg.parallel.distributed_optimizer),
-            module=module,
-        )
-        bf16 = cfg.model.params_dtype == "bf16"
-        self.optimizer = get_megatron_optimizer(
-            OptimizerConfig(
-                optimizer="adam", lr=t.lr, min_lr=t.min_lr, weight_decay=t.weight_decay,
-                adam_beta1=t.adam_beta1, adam_beta2=t.adam_beta2, adam_eps=t.adam_eps,
-                clip_grad=t.clip_grad, bf16=bf16, params_dtype=self.config.params_dtype,
-                use_distributed_optimizer=cfg.parallel.distributed_optimizer),
-            [self.model],
-        )
+        self.rebuild(self.arch)
         self.scheduler = OptimizerParamScheduler(
             self.optimizer, init_lr=0.0, max_lr=t.lr, min_lr=t.min_lr,
             lr_warmup_steps=t.warmup_iters, lr_decay_steps=t.lr_decay_iters or t.iters,
             lr_decay_style=t.lr_decay_style, start_wd=t.weight_decay, end_wd=t.weight_decay,
             wd_incr_steps=t.iters, wd_incr_style="constant",
         )
-        self.config.finalize_model_grads_func = finalize_model_grads
-        self.config.no_sync_func = self.model.no_sync
-        self.config.grad_scale_func = self.optimizer.scale_loss
 
         self.iteration = 0
         self.consumed_samples = 0
@@ -117,7 +94,54 @@ class Trainer:
             self.consumed_samples = self.resume.consumed_samples
         elif source:
             checkpoint.load_model(source, self.model.module)
+        # Pruning plugs in here: after_backward sees reduced gradients before the update,
+        # after_step may change the model (see pap.prune_hook).
+        self.after_backward_hooks: List[Callable[["Trainer"], None]] = []
         self.after_step_hooks: List[Callable[["Trainer", StepResult], None]] = []
+        self.pruning = None
+        if cfg.prune.enabled:
+            from pap.prune_hook import PruningHook
+
+            events = f"{cfg.checkpoint.dir}/pruning_events.jsonl" if cfg.checkpoint.dir else None
+            self.pruning = PruningHook(self, events)
+
+    def rebuild(self, arch: Arch) -> None:
+        """(Re)build this rank's model stage, DDP wrapper and optimizer for `arch`.
+
+        Weights come from pap.init; callers that keep training (pruning) load the
+        surviving weights and optimizer state afterwards. The LR scheduler is kept.
+        """
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+        from megatron.core.distributed import finalize_model_grads
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+        cfg, t = self.cfg, self.cfg.train
+        self.arch = arch
+        module = build_model(arch, cfg)
+        self.config = module.config
+        self.model = DistributedDataParallel(
+            config=self.config,
+            ddp_config=DistributedDataParallelConfig(
+                grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+                use_distributed_optimizer=cfg.parallel.distributed_optimizer),
+            module=module,
+        )
+        self.optimizer = get_megatron_optimizer(
+            OptimizerConfig(
+                optimizer="adam", lr=t.lr, min_lr=t.min_lr, weight_decay=t.weight_decay,
+                adam_beta1=t.adam_beta1, adam_beta2=t.adam_beta2, adam_eps=t.adam_eps,
+                clip_grad=t.clip_grad, bf16=cfg.model.params_dtype == "bf16",
+                params_dtype=self.config.params_dtype,
+                use_distributed_optimizer=cfg.parallel.distributed_optimizer),
+            [self.model],
+        )
+        self.config.finalize_model_grads_func = finalize_model_grads
+        self.config.no_sync_func = self.model.no_sync
+        self.config.grad_scale_func = self.optimizer.scale_loss
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None:
+            scheduler.optimizer = self.optimizer
+            scheduler.step(increment=0)  # write the current lr / wd into the new param groups
 
     # ---- facts -----------------------------------------------------------------------------
     @property
@@ -167,6 +191,8 @@ class Trainer:
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
         loss = self.forward_backward(self.train_batches.microbatches(self.consumed_samples))
+        for hook in self.after_backward_hooks:
+            hook(self)
         update_ok, grad_norm, _ = self.optimizer.step()
         lr = self.optimizer.param_groups[0]["lr"]
         if update_ok:

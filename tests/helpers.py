@@ -33,7 +33,7 @@ def tiny_config(blend_prefix: str, **sections) -> dict:
         "checkpoint": {"dir": None},
     }
     for section, values in sections.items():
-        cfg[section].update(values)
+        cfg.setdefault(section, {}).update(values)
     return cfg
 
 

@@ -77,7 +77,9 @@ def tp_slice(full: torch.Tensor, param) -> torch.Tensor:
     return torch.cat(pieces[ps.get_tensor_model_parallel_rank()::size], dim=dim)
 
 
-def _local_tensor(param, what: str):
+def _local_tensor(param, what):
+    if callable(what):
+        return what(param)
     if what == "param":
         return param.detach()
     grad = getattr(param, "main_grad", None)
@@ -86,8 +88,10 @@ def _local_tensor(param, what: str):
     return torch.zeros_like(param) if grad is None else grad.detach()
 
 
-def gather_full_state(model, what: str = "param") -> Dict[str, torch.Tensor]:
-    """Full tensors ('param' or 'grad') by global name, on every rank of the model's PP group.
+def gather_full_state(model, what="param") -> Dict[str, torch.Tensor]:
+    """Full tensors by global name, on every rank of the model's PP group.
+
+    `what`: 'param', 'grad', or a function param -> tensor shaped like it (e.g. an Adam moment).
 
     A tied output layer on the last stage is left out (it is the embedding).
     """
@@ -109,12 +113,20 @@ def gather_full_state(model, what: str = "param") -> Dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def load_full_state(model, full: Dict[str, torch.Tensor]) -> None:
-    """Copy full tensors (by global name) into this rank's shards of `model`."""
+def load_full_state(model, full: Dict[str, torch.Tensor], assign=None) -> None:
+    """Copy full tensors (by global name) into this rank's shards of `model`.
+
+    `assign(param, local_slice)` replaces the default copy into the parameter itself
+    (e.g. to set optimizer state shaped like it).
+    """
     for name, param in model.named_parameters():
         key = global_name(model, name)
         if key not in full and key in (TIED_OUTPUT, EMBEDDING):
             key = EMBEDDING if key == TIED_OUTPUT else TIED_OUTPUT
         if key not in full:
             raise KeyError(f"full state has no tensor for {key}")
-        param.copy_(tp_slice(full[key].to(param.dtype), param))
+        local = tp_slice(full[key], param)
+        if assign is None:
+            param.copy_(local.to(param.dtype))
+        else:
+            assign(param, local)

@@ -52,3 +52,20 @@ def model_shapes(cfg_dict: dict):
     full = gather_full_state(trainer.model.module, "param")
     count = sum(t.numel() for t in full.values())
     return count, trainer.arch.num_params()
+
+
+def pruning_run(cfg_dict: dict, steps: int):
+    """Train `steps` steps with pruning on; on rank 0: removals, final Arch, weights, losses."""
+    import torch.distributed as dist
+
+    from pap.config import config_from_dict
+    from pap.sharding.full_state import gather_full_state
+    from pap.trainer import Trainer
+
+    trainer = Trainer(config_from_dict(cfg_dict))
+    losses = [trainer.train_step().loss for _ in range(steps)]
+    params = _everything_on_rank0(gather_full_state(trainer.model.module, "param"))
+    if dist.get_rank() != 0:
+        return None
+    return {"removals": [(r.kind, r.indices) for r in trainer.pruning.removals], "arch": trainer.arch.to_json(),
+            "params": params, "losses": losses}

@@ -1,0 +1,88 @@
+"""The pruning schedule as a trainer hook: k gradient steps, then p removals, until the target.
+
+Each backward pass adds the step's saliency to the running sums; after every
+`prune.grad_steps` optimizer steps the sums are reduced across ranks, and up to
+`prune.prune_steps` minimal groups are chosen and physically removed (METHOD.md §5).
+When the model is at or below `prune.target_params`, the run goes on as plain
+pretraining. Every removal is appended to `<checkpoint.dir>/pruning_events.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import List, Optional
+
+import torch
+
+from pap.pruning.accumulator import SaliencyAccumulator
+from pap.pruning.select import Floors, GroupScores, Removal, choose
+from pap.sharding.reduce_saliency import global_scores
+from pap.sharding.reshard import apply_removal
+
+
+def _drop(vector: torch.Tensor, index: int) -> torch.Tensor:
+    return torch.cat([vector[:index], vector[index + 1:]])
+
+
+def scores_after(scores: GroupScores, removal: Removal) -> GroupScores:
+    """The remaining groups' scores once `removal` is gone (for several removals per round)."""
+    if removal.kind == "attn":
+        return replace(scores, attn=[_drop(v, i) for v, i in zip(scores.attn, removal.indices)])
+    if removal.kind == "ffn":
+        return replace(scores, ffn=[_drop(v, i) for v, i in zip(scores.ffn, removal.indices)])
+    return replace(scores, stem=_drop(scores.stem, removal.indices[0]))
+
+
+class PruningHook:
+    """Owns the saliency window and decides when and what to remove."""
+
+    def __init__(self, trainer, events_file: Optional[str] = None):
+        cfg = trainer.cfg.prune
+        self.cfg = cfg
+        self.accumulator = SaliencyAccumulator(cfg.metric)
+        start = trainer.arch.num_params()
+        self.target = int(cfg.target_params if cfg.target_params > 1 else cfg.target_params * start)
+        self.floors = Floors(heads=cfg.min_heads, ffn=cfg.min_ffn, hidden=cfg.min_hidden)
+        self.events_file = events_file
+        self.removals: List[Removal] = []
+        trainer.after_backward_hooks.append(self.after_backward)
+        trainer.after_step_hooks.append(self.after_step)
+
+    def active(self, trainer) -> bool:
+        return trainer.arch.num_params() > self.target
+
+    def after_backward(self, trainer) -> None:
+        if self.active(trainer):
+            self.accumulator.update(trainer.model.module, trainer.arch.head_dim)
+
+    def after_step(self, trainer, step) -> None:
+        if not self.active(trainer) or self.accumulator.steps < self.cfg.grad_steps:
+            return
+        scores = global_scores(self.accumulator, trainer.arch.num_layers)
+        for _ in range(self.cfg.prune_steps):
+            if not self.active(trainer):
+                break
+            removal = choose(scores, trainer.arch, self.cfg.normalize, self.floors)
+            if removal is None:
+                break
+            apply_removal(trainer, removal)
+            self.removals.append(removal)
+            self._record(trainer, removal)
+            scores = scores_after(scores, removal)
+        self.accumulator.reset()
+
+    def _record(self, trainer, removal: Removal) -> None:
+        arch = trainer.arch
+        event = {"iteration": trainer.iteration, "tokens": trainer.iteration * trainer.tokens_per_iter,
+                 **removal.to_dict(), "params": arch.num_params(), "heads": arch.num_heads(0),
+                 "kv_heads": [arch.num_kv_heads(l) for l in range(arch.num_layers)], "ffn": arch.ffn[0],
+                 "hidden": arch.hidden_size}
+        if trainer.topo.rank == 0:
+            reached = "" if self.active(trainer) else " (target reached)"
+            print(f"pruned {removal.kind} {list(removal.indices)} at iteration {trainer.iteration}: "
+                  f"{arch.num_params():,} params, heads {arch.num_heads(0)}, ffn {arch.ffn[0]}, "
+                  f"hidden {arch.hidden_size}{reached}", flush=True)
+            if self.events_file:
+                with open(self.events_file, "a") as f:
+                    f.write(json.dumps(event) + "\n")

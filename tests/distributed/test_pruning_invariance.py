@@ -1,0 +1,45 @@
+"""Pruning decisions and resulting weights do not depend on the parallel layout (METHOD.md §7.1)."""
+
+import json
+
+import pytest
+
+from tests.distributed.workers import pruning_run
+from tests.helpers import run_distributed, tiny_config
+
+pytestmark = pytest.mark.slow
+STEPS = 6
+
+
+def _config(prefix, parallel, **prune):
+    return tiny_config(prefix, parallel=parallel, model={"make_vocab_size_divisible_by": 128},
+                       train={"iters": 10, "warmup_iters": 1},
+                       prune={"enabled": True, "target_params": 0.5, "grad_steps": 1, "prune_steps": 1,
+                              "metric": "mix", "min_ffn": 127, "min_hidden": 63, "min_heads": 2, **prune})
+
+
+@pytest.fixture(scope="module")
+def reference(random_dataset):
+    return run_distributed(pruning_run, 1, _config(random_dataset, {"tp": 1, "pp": 1}), STEPS)[0]
+
+
+def test_reference_prunes_every_kind(reference):
+    """The floors steer the run through all three group kinds, cluster attention included."""
+    kinds = [kind for kind, _ in reference["removals"]]
+    assert set(kinds) == {"attn", "ffn", "stem"}, kinds
+    arch = json.loads(reference["arch"])
+    assert arch["hidden_size"] == 63 and arch["ffn"] == [127] * 4
+    assert any(len(set(groups)) > 1 for groups in arch["heads_per_group"]), "no uneven KV groups reached"
+
+
+@pytest.mark.parametrize("world,parallel", [(2, {"tp": 1, "pp": 2}), (2, {"tp": 1, "pp": 1})], ids=["pp2", "dp2"])
+def test_same_removals_arch_and_weights(world, parallel, reference, random_dataset):
+    got = run_distributed(pruning_run, world, _config(random_dataset, parallel), STEPS)[0]
+    assert got["removals"] == reference["removals"]
+    assert got["arch"] == reference["arch"]
+    for name, value in reference["params"].items():
+        assert got["params"][name].shape == value.shape, name
+        err = ((got["params"][name] - value).abs().max() / value.abs().max()).item()
+        assert err <= 1e-4, f"{name}: {err:.2e}"
+    for a, b in zip(got["losses"], reference["losses"]):
+        assert abs(a - b) <= 1e-4
