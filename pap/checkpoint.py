@@ -6,8 +6,14 @@ Layout (Megatron-LM's names, so its users find their way):
     <dir>/iter_0000100/                         megatron-core dist_checkpointing (torch_dist)
     <dir>/iter_0000100/pap_state.json           Arch, iteration, scheduler, layout, config
 
-Model and optimizer tensors are saved with megatron-core `dist_checkpointing`, so a
-checkpoint written at one TP/PP loads at another. A save is written to
+Tensors are saved with megatron-core `dist_checkpointing` in one of two formats:
+
+* `full` (the default): every weight and Adam moment as its full, unsharded tensor under
+  its global name, written once per pipeline stage (TP and DP copies are replicas). Any
+  layout loads it, including the uneven TP shards of a pruned model, because each rank
+  slices what it holds. Costs a TP all-gather at save and load.
+* `megatron`: megatron's own sharded state dicts, used with the distributed optimizer,
+  whose `dp_reshardable` optimizer state reloads only at the same TP and PP. A save is written to
 `iter_XXXXXXX.partial` and renamed only once every rank has finished and the state file
 is on disk; the tracker file is replaced atomically after that. A crash mid-save leaves
 a `.partial` directory that resume ignores (and the next save of that iteration removes).
@@ -50,6 +56,8 @@ class ResumeState:
     scheduler: Optional[dict]
     layout: dict
     config: dict
+    format: str = "megatron"
+    adam_step: Optional[float] = None
 
     @property
     def model_only(self) -> bool:
@@ -97,6 +105,8 @@ def _read_state(state_file: Path) -> ResumeState:
             scheduler=data.get("scheduler"),
             layout=data["layout"],
             config=data.get("config", {}),
+            format=data.get("format", "megatron"),
+            adam_step=data.get("adam_step"),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise PapError(f"{state_file}: unreadable checkpoint state ({exc}); delete this checkpoint "
@@ -111,6 +121,83 @@ def _sharded_state(model, optimizer, is_loading: bool):
     return {"model": model_state, "optimizer": optimizer_state}
 
 
+# ---- the `full` format ------------------------------------------------------------------------
+MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def _adam_states(optimizer) -> dict:
+    """id(param) -> (torch optimizer, its state dict) for megatron's non-distributed optimizer."""
+    states = {}
+    for chained in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = chained.optimizer
+        for group in inner.param_groups:
+            for param in group["params"]:
+                states[id(param)] = (inner, param)
+    return states
+
+
+def _full_tensors(model, optimizer, is_loading: bool) -> dict:
+    """{key: ShardedTensor} of full tensors: `model/<name>` and `optim/<moment>/<name>`."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+    from pap.sharding.full_state import TIED_OUTPUT, full_shape, global_name, tp_gather
+
+    replica = (ps.get_tensor_model_parallel_rank(), ps.get_data_parallel_rank())
+    states = _adam_states(optimizer) if optimizer is not None else {}
+    out = {}
+    for local, param in model.named_parameters():
+        if local == TIED_OUTPUT and model.share_embeddings_and_output_weights:
+            continue  # the last stage's copy of the tied embedding
+        name = global_name(model, local)
+        sources = {f"model/{name}": lambda p: p.detach()}
+        if optimizer is not None:
+            for moment in MOMENTS:
+                def fetch(p, moment=moment):
+                    inner, key = states[id(p)]
+                    state = inner.state.get(key, {})
+                    return state[moment] if moment in state else torch.zeros_like(p)
+
+                sources[f"optim/{moment}/{name}"] = fetch
+        for key, fetch in sources.items():
+            if is_loading:
+                dtype = param.dtype if key.startswith("model/") else torch.float32
+                tensor = torch.empty(full_shape(param), dtype=dtype)
+            else:
+                tensor = tp_gather(fetch(param), param).cpu()
+            out[key] = ShardedTensor.from_rank_offsets(key, tensor, replica_id=replica)
+    return out
+
+
+def _load_full(path: Path, model, optimizer, adam_step) -> None:
+    from pap.sharding.full_state import load_full_state
+
+    loaded = _dist_load(_full_tensors(model, optimizer, is_loading=True), path)
+    load_full_state(model, {k[len("model/"):]: v for k, v in loaded.items() if k.startswith("model/")})
+    if optimizer is None:
+        return
+    states = _adam_states(optimizer)
+    for moment in MOMENTS:
+        prefix = f"optim/{moment}/"
+
+        def assign(param, local, moment=moment):
+            inner, key = states[id(param)]
+            state = inner.state[key]
+            state["step"] = torch.tensor(float(adam_step))
+            state[moment] = local.to(param.device, torch.float32).clone()
+
+        load_full_state(model, {k[len(prefix):]: v for k, v in loaded.items() if k.startswith(prefix)},
+                        assign=assign)
+
+
+def _adam_step(optimizer) -> float:
+    for inner, key in _adam_states(optimizer).values():
+        step = inner.state.get(key, {}).get("step")
+        if step is not None:
+            return float(step)
+    return 0.0
+
+
 def save(root: str, iteration: int, consumed_samples: int, arch: Arch, model, optimizer,
          scheduler, layout: dict, config: dict) -> Path:
     """Write checkpoint `iteration` on every rank (collective); returns its final path.
@@ -122,14 +209,21 @@ def save(root: str, iteration: int, consumed_samples: int, arch: Arch, model, op
     final = iteration_dir(root, iteration)
     partial = final.with_name(final.name + ".partial")
     rank = dist.get_rank()
+    fmt = "megatron" if layout.get("distributed_optimizer") else "full"
     if rank == 0:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
     dist.barrier()
-    dist_checkpointing.save(_sharded_state(model, optimizer, is_loading=False), str(partial))
+    if fmt == "full":
+        dist_checkpointing.save(_full_tensors(model, optimizer, is_loading=False), str(partial))
+    else:
+        dist_checkpointing.save(_sharded_state(model, optimizer, is_loading=False), str(partial))
+    adam_step = _adam_step(optimizer) if optimizer is not None else None
     dist.barrier()
     if rank == 0:
         state = {
+            "format": fmt,
+            "adam_step": adam_step,
             "iteration": iteration,
             "consumed_samples": consumed_samples,
             "arch": json.loads(arch.to_json()),
@@ -188,6 +282,9 @@ def _dist_load(sharded_state: dict, path: Path) -> dict:
 
 def load_model(resume: ResumeState, model) -> None:
     """Load only the weights of `resume` into `model` (any TP/PP layout)."""
+    if resume.format == "full":
+        _load_full(resume.path, model, None, None)
+        return
     state = _dist_load({"model": model.sharded_state_dict()}, resume.path)
     model.load_state_dict(state["model"])
 
@@ -214,8 +311,14 @@ def load(resume: ResumeState, model, optimizer, scheduler, layout: dict) -> None
                            f"distributed_optimizer={saved.get('distributed_optimizer')}; a distributed-optimizer "
                            f"checkpoint reloads only at the same tp, pp and optimizer type")
     _materialise_optimizer_state(optimizer)
-    state = _dist_load(_sharded_state(model, optimizer, is_loading=True), resume.path)
-    model.load_state_dict(state["model"])
-    with torch.no_grad():  # fp32 main params may be views of leaf params (distrib_optimizer.py:940)
-        optimizer.load_state_dict(state["optimizer"])
+    if resume.format == "full":
+        if layout.get("distributed_optimizer"):
+            raise PapError(f"{resume.path}: saved without the distributed optimizer; resume with "
+                           f"parallel.distributed_optimizer=false")
+        _load_full(resume.path, model, optimizer, resume.adam_step or 0.0)
+    else:
+        state = _dist_load(_sharded_state(model, optimizer, is_loading=True), resume.path)
+        model.load_state_dict(state["model"])
+        with torch.no_grad():  # fp32 main params may be views of leaf params (distrib_optimizer.py:940)
+            optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(resume.scheduler)

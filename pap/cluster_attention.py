@@ -7,8 +7,9 @@ holds, per KV group g, `[q rows of g's heads, k_g, v_g]` with any number of quer
 per group. It hands megatron's core attention one K/V head per query head (gathered
 with an index, not copied weights), so the core attention runs as plain MHA.
 
-Tensor parallelism with unequal groups needs per-rank shard sizes that megatron's
-parallel linears cannot express yet, so this module is built at TP=1 only.
+Under tensor parallelism each rank holds whole KV groups (placed by
+`pap.sharding.layout`) and is given only its own groups here; its config states its
+share times the TP size, so megatron's even split yields this rank's true sizes.
 """
 
 from __future__ import annotations
@@ -35,25 +36,23 @@ def qkv_row_indices(heads_per_group: Sequence[int]):
 class ClusterSelfAttention(SelfAttention):
     """megatron `SelfAttention` with an explicit query-head -> KV-head map.
 
-    `heads_per_group[g]` is the number of query heads KV head g serves (0: head removed).
-    The layer's config must say `num_attention_heads = num_query_groups = sum(heads)`,
-    which is what core attention sees after the K/V gather.
+    `heads_per_group[g]` is the number of query heads KV head g serves (0: head removed),
+    for the groups this TP rank holds. The layer's config must say
+    `num_attention_heads = num_query_groups = sum(heads) * tp`: core attention then sees
+    one K/V head per local query head after the gather.
     """
 
     def __init__(self, config, submodules, layer_number, heads_per_group: List[int] = (), **kwargs):
         super().__init__(config, submodules, layer_number, **kwargs)
         groups = [n for n in heads_per_group if n > 0]
-        if sum(groups) != config.num_attention_heads:
-            raise ValueError(f"layer {layer_number}: heads_per_group {list(heads_per_group)} does not sum to "
-                             f"num_attention_heads {config.num_attention_heads}")
-        if self.world_size != 1:
-            raise ValueError("cluster attention with unequal KV groups runs at tensor-parallel size 1")
+        if sum(groups) * self.world_size != config.num_attention_heads:
+            raise ValueError(f"layer {layer_number}: heads_per_group {list(heads_per_group)} x tp {self.world_size} "
+                             f"!= num_attention_heads {config.num_attention_heads}")
         self.heads_per_group = list(heads_per_group)
         head_dim = config.kv_channels
-        self.kv_projection_size = head_dim * len(groups)
-        self.linear_qkv_out_dim = self.query_projection_size + 2 * self.kv_projection_size
+        self.linear_qkv_out_dim = (sum(groups) + 2 * len(groups)) * head_dim
         self.linear_qkv = submodules.linear_qkv(
-            config.hidden_size, self.linear_qkv_out_dim, config=config, init_method=config.init_method,
+            config.hidden_size, self.linear_qkv_out_dim * self.world_size, config=config, init_method=config.init_method,
             gather_output=False, bias=config.add_bias_linear or config.add_qkv_bias, skip_bias_add=False,
             is_expert=False, tp_comm_buffer_name="qkv", tp_group=self.pg_collection.tp,
         )

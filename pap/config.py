@@ -175,6 +175,8 @@ class PruneConfig:
     """None: raw candidate sums (the paper's default); params: divide by parameters removed."""
     min_heads: int = 1
     """Never prune a layer below this many query heads."""
+    min_kv_heads: int = 1
+    """Never prune a layer below this many KV heads (at least parallel.tp when tp > 1)."""
     min_ffn: int = 1
     """Never prune a layer's FFN below this width."""
     min_hidden: int = 1
@@ -375,9 +377,10 @@ def validate(cfg: PapConfig, source: str = "<config>") -> None:
             fail("prune", "grad_steps and prune_steps must be >= 1")
         if pr.normalize not in (None, "params"):
             fail("prune.normalize", f"must be unset or 'params', got {pr.normalize!r}")
-        if p.tp > 1:
-            fail("prune.enabled", "with parallel.tp > 1 is not supported yet (pruned shards would be uneven); "
-                 "prune with parallel.tp=1 and pipeline / data parallelism")
+        if pr.min_kv_heads < p.tp or pr.min_ffn < p.tp:
+            fail("prune.min_kv_heads", f"and prune.min_ffn must be at least parallel.tp ({p.tp}) so every "
+                 f"tensor-parallel rank keeps a KV head and an FFN channel; e.g. prune.min_kv_heads={p.tp} "
+                 f"prune.min_ffn={p.tp}")
         if p.distributed_optimizer:
             fail("prune.enabled", "with parallel.distributed_optimizer=true is not supported yet")
     if not cfg.data.blend:

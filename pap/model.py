@@ -44,11 +44,10 @@ def transformer_config(arch: Arch, cfg: PapConfig, dtype: Optional[torch.dtype] 
     training them); `initialize=False` leaves weights unwritten (they are loaded next).
     """
     from pap.per_layer_config import PerLayerConfig
+    from pap.sharding.layout import LayerPlacement, needs_placement
 
-    cluster = needs_cluster_layers(arch)
-    if cluster and cfg.parallel.tp > 1:
-        raise PapError("this architecture has per-layer shapes or unequal KV groups, which run at "
-                       "parallel.tp=1 only for now; use parallel.pp / data parallelism")
+    tp = cfg.parallel.tp
+    cluster = needs_cluster_layers(arch) or needs_placement(arch, tp)
     on_gpu = torch.cuda.is_available()
     if dtype is None:
         if cfg.model.params_dtype == "bf16" and not on_gpu:
@@ -56,11 +55,17 @@ def transformer_config(arch: Arch, cfg: PapConfig, dtype: Optional[torch.dtype] 
         dtype = torch.bfloat16 if cfg.model.params_dtype == "bf16" else torch.float32
     bf16 = dtype == torch.bfloat16
     if cluster:
-        # Core attention sees one K/V head per query head (see pap.cluster_attention).
-        widest = max(range(arch.num_layers), key=arch.num_heads)
-        heads, groups, ffn = arch.num_heads(widest), arch.num_heads(widest), max(arch.ffn)
-        per_layer = {"layer_shapes": tuple((arch.num_heads(l), arch.ffn[l]) for l in range(arch.num_layers)),
-                     "heterogeneous_block_specs": True}
+        # Core attention sees one K/V head per query head (see pap.cluster_attention). With
+        # TP, each rank describes its own share as `share * tp`, so megatron's even split
+        # (`divide(size, tp)`) yields exactly this rank's size (pap.sharding.layout).
+        rank = _tp_rank() if tp > 1 else 0
+        shapes = []
+        for layer in range(arch.num_layers):
+            place = LayerPlacement(arch, layer, tp, rank)
+            shapes.append((place.num_heads * tp, len(place.channels) * tp))
+        heads = groups = max(h for h, _ in shapes)
+        ffn = max(f for _, f in shapes)
+        per_layer = {"layer_shapes": tuple(shapes), "heterogeneous_block_specs": True}
     else:
         heads, groups, ffn = arch.num_heads(0), arch.num_kv_heads(0), arch.ffn[0]
         per_layer = {}
@@ -111,6 +116,36 @@ def layer_spec(cfg: PapConfig):
     return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
 
 
+def _tag_placed_shards(model, arch: Arch, tp: int) -> None:
+    """Record on each unevenly sharded weight which full-tensor indices this rank holds.
+
+    `pap.sharding.full_state` and `pap.init` read `param.pap_shard = (dim, indices, full
+    size)` in place of megatron's even-split attributes.
+    """
+    from pap.sharding.layout import LayerPlacement, needs_placement
+
+    if not needs_placement(arch, tp):
+        return
+    rank = _tp_rank()
+    d = arch.head_dim
+    for layer in model.decoder.layers:
+        index = layer.layer_number - 1
+        place = LayerPlacement(arch, index, tp, rank)
+        qkv_full = (arch.num_heads(index) + 2 * arch.num_kv_heads(index)) * d
+        tags = ((layer.self_attention.linear_qkv.weight, (0, place.qkv_rows, qkv_full)),
+                (layer.self_attention.linear_proj.weight, (1, place.proj_columns, arch.num_heads(index) * d)),
+                (layer.mlp.linear_fc1.weight, (0, place.fc1_rows, 2 * arch.ffn[index])),
+                (layer.mlp.linear_fc2.weight, (1, place.fc2_columns, arch.ffn[index])))
+        for param, tag in tags:
+            param.pap_shard = tag
+
+
+def _tp_rank() -> int:
+    from megatron.core import parallel_state as ps
+
+    return ps.get_tensor_model_parallel_rank()
+
+
 def block_spec(arch: Arch, cfg: PapConfig, config):
     """The decoder spec of this rank's stage: one layer spec, or one per layer with cluster attention."""
     import copy
@@ -119,10 +154,13 @@ def block_spec(arch: Arch, cfg: PapConfig, config):
     from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
     from pap.cluster_attention import ClusterSelfAttention
+    from pap.sharding.layout import LayerPlacement, needs_placement
 
     spec = layer_spec(cfg)
-    if not needs_cluster_layers(arch):
+    tp = cfg.parallel.tp
+    if not (needs_cluster_layers(arch) or needs_placement(arch, tp)):
         return spec
+    rank = _tp_rank() if tp > 1 else 0
     block = _get_block_submodules(config, spec)
     offset = get_transformer_layer_offset(config)
     layer_specs = []
@@ -130,7 +168,8 @@ def block_spec(arch: Arch, cfg: PapConfig, config):
         layer = copy.deepcopy(spec)
         attention = layer.submodules.self_attention
         attention.module = ClusterSelfAttention
-        attention.params = {**attention.params, "heads_per_group": list(arch.heads_per_group[offset + local])}
+        place = LayerPlacement(arch, offset + local, tp, rank)
+        attention.params = {**attention.params, "heads_per_group": place.heads_per_group}
         layer_specs.append(layer)
     block.layer_specs = layer_specs
     return block
@@ -161,6 +200,7 @@ def build_model(arch: Arch, cfg: PapConfig, dtype: Optional[torch.dtype] = None,
     )
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
+    _tag_placed_shards(model, arch, cfg.parallel.tp)
     if initialize:
         initialize_weights(model, cfg.train.seed, cfg.model.init_std, arch.num_layers)
     return model

@@ -43,7 +43,7 @@ class PruningHook:
         self.accumulator = SaliencyAccumulator(cfg.metric)
         start = trainer.arch.num_params()
         self.target = int(cfg.target_params if cfg.target_params > 1 else cfg.target_params * start)
-        self.floors = Floors(heads=cfg.min_heads, ffn=cfg.min_ffn, hidden=cfg.min_hidden)
+        self.floors = Floors(heads=cfg.min_heads, ffn=cfg.min_ffn, hidden=cfg.min_hidden, kv_heads=cfg.min_kv_heads)
         self.events_file = events_file
         self.removals: List[Removal] = []
         trainer.after_backward_hooks.append(self.after_backward)

@@ -26,11 +26,16 @@ KINDS = ("attn", "ffn", "stem")
 
 @dataclass(frozen=True)
 class Floors:
-    """Smallest sizes pruning may leave: query heads per layer, FFN width, hidden size."""
+    """Smallest sizes pruning may leave: query heads and KV heads per layer, FFN width, hidden size.
+
+    `kv_heads` also keeps every layer placeable over that many tensor-parallel ranks
+    (each rank holds whole KV groups), without making any decision depend on the TP size.
+    """
 
     heads: int = 1
     ffn: int = 1
     hidden: int = 1
+    kv_heads: int = 1
 
 
 @dataclass
@@ -80,6 +85,15 @@ def head_group(heads_per_group: List[int], head: int) -> int:
     raise IndexError(f"head {head} out of range for groups {heads_per_group}")
 
 
+def _removable_heads(heads_per_group: List[int], min_kv_heads: int) -> torch.Tensor:
+    """Mask of query heads whose removal keeps at least `min_kv_heads` KV heads."""
+    kv_heads = sum(1 for n in heads_per_group if n > 0)
+    mask = []
+    for n in heads_per_group:
+        mask += [n > 1 or kv_heads > min_kv_heads] * n
+    return torch.tensor(mask, dtype=torch.bool)
+
+
 def choose(scores: GroupScores, arch: Arch, normalize: Optional[str] = None,
            floors: Floors = Floors()) -> Optional[Removal]:
     """The group to remove next, or None when every dimension is at its floor."""
@@ -87,9 +101,12 @@ def choose(scores: GroupScores, arch: Arch, normalize: Optional[str] = None,
     candidates = [float("inf")] * 3
     picks = [(), (), ()]
     if all(arch.num_heads(l) > floors.heads for l in layers):
-        heads = tuple(int(torch.argmin(scores.attn[l])) for l in layers)
-        candidates[0] = float(sum(scores.attn[l][heads[l]] for l in layers))
-        picks[0] = heads
+        allowed = [_removable_heads(arch.heads_per_group[l], floors.kv_heads) for l in layers]
+        if all(mask.any() for mask in allowed):
+            masked = [scores.attn[l].masked_fill(~allowed[l], float("inf")) for l in layers]
+            heads = tuple(int(torch.argmin(masked[l])) for l in layers)
+            candidates[0] = float(sum(scores.attn[l][heads[l]] for l in layers))
+            picks[0] = heads
     if all(w > floors.ffn for w in arch.ffn):
         channels = tuple(int(torch.argmin(scores.ffn[l])) for l in layers)
         candidates[1] = float(sum(scores.ffn[l][channels[l]] for l in layers))

@@ -39,6 +39,12 @@ def _tp_info(param):
 
 def full_shape(param) -> torch.Size:
     """Shape `param` has at TP=1."""
+    placed = getattr(param, "pap_shard", None)
+    if placed is not None:
+        dim, _, size = placed
+        shape = list(param.shape)
+        shape[dim] = size
+        return torch.Size(shape)
     info = _tp_info(param)
     if info is None:
         return param.shape
@@ -51,6 +57,16 @@ def full_shape(param) -> torch.Size:
 def tp_gather(tensor: torch.Tensor, param) -> torch.Tensor:
     """The TP=1 tensor assembled from every TP rank's `tensor` (a shard of `param`)."""
     from megatron.core import parallel_state as ps
+
+    placed = getattr(param, "pap_shard", None)
+    if placed is not None:  # uneven shards placed by pap.sharding.layout
+        dim, indices, _ = placed
+        parts = [None] * ps.get_tensor_model_parallel_world_size()
+        dist.all_gather_object(parts, (indices, tensor.detach().cpu()), group=ps.get_tensor_model_parallel_group())
+        full = torch.empty(full_shape(param), dtype=tensor.dtype)
+        for rank_indices, rank_tensor in parts:
+            full.index_copy_(dim, rank_indices, rank_tensor)
+        return full
 
     info = _tp_info(param)
     if info is None:
@@ -67,6 +83,11 @@ def tp_gather(tensor: torch.Tensor, param) -> torch.Tensor:
 def tp_slice(full: torch.Tensor, param) -> torch.Tensor:
     """This TP rank's slice of `full`, laid out as megatron shards `param`."""
     from megatron.core import parallel_state as ps
+
+    placed = getattr(param, "pap_shard", None)
+    if placed is not None:
+        dim, indices, _ = placed
+        return full.index_select(dim, indices.to(full.device))
 
     info = _tp_info(param)
     if info is None:

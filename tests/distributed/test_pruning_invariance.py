@@ -15,7 +15,7 @@ def _config(prefix, parallel, **prune):
     return tiny_config(prefix, parallel=parallel, model={"make_vocab_size_divisible_by": 128},
                        train={"iters": 10, "warmup_iters": 1},
                        prune={"enabled": True, "target_params": 0.5, "grad_steps": 1, "prune_steps": 1,
-                              "metric": "mix", "min_ffn": 127, "min_hidden": 63, "min_heads": 2, **prune})
+                              "metric": "mix", "min_ffn": 127, "min_hidden": 63, "min_heads": 3, "min_kv_heads": 2, **prune})
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,9 @@ def test_reference_prunes_every_kind(reference):
     assert any(len(set(groups)) > 1 for groups in arch["heads_per_group"]), "no uneven KV groups reached"
 
 
-@pytest.mark.parametrize("world,parallel", [(2, {"tp": 1, "pp": 2}), (2, {"tp": 1, "pp": 1})], ids=["pp2", "dp2"])
+@pytest.mark.parametrize("world,parallel", [(2, {"tp": 2, "pp": 1}), (2, {"tp": 1, "pp": 2}),
+                                            (4, {"tp": 2, "pp": 2}), (2, {"tp": 1, "pp": 1})],
+                         ids=["tp2", "pp2", "tp2pp2", "dp2"])
 def test_same_removals_arch_and_weights(world, parallel, reference, random_dataset):
     got = run_distributed(pruning_run, world, _config(random_dataset, parallel), STEPS)[0]
     assert got["removals"] == reference["removals"]

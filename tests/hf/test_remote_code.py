@@ -114,18 +114,22 @@ def test_pruned_arch_remote_code_and_expand_kv(tmp_path):
 
 @pytest.mark.slow
 def test_pruned_megatron_model_exports_exactly(tmp_path):
-    """A megatron-core model of the pruned arch (cluster attention, per-layer shapes):
-    its logits at PP=1 and PP=2 equal the remote-code export's and the --expand-kv Llama's."""
+    """A megatron-core model of a pruned arch (cluster attention, per-layer shapes): its
+    logits at TP1, PP2, TP2 and TP2xPP2 agree and equal the remote-code export's and the
+    --expand-kv Llama's."""
     from tests.hf.workers import make_checkpoint, megatron_logits
 
     arch = pruned_arch()
+    arch.heads_per_group[3] = [1, 3]  # every layer keeps >= 2 KV heads, so TP=2 can hold it
     run_distributed(make_checkpoint, 1, arch.to_json(), str(tmp_path / "mcore"))
     expected = None
-    for pp in (1, 2):
-        got = [x for x in run_distributed(megatron_logits, pp, str(tmp_path / "mcore"), 1, pp, TOKENS) if x is not None]
+    for tp, pp in ((1, 1), (1, 2), (2, 1), (2, 2)):
+        # TP=2 places unequal KV groups and odd FFN widths unevenly over the two ranks.
+        got = [x for x in run_distributed(megatron_logits, tp * pp, str(tmp_path / "mcore"), tp, pp, TOKENS)
+               if x is not None]
         if expected is None:
             expected = got[0]
-        torch.testing.assert_close(got[0], expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[0], expected, rtol=1e-5, atol=1e-5, msg=f"tp={tp} pp={pp}")
     convert("mcore-to-hf", "--ckpt", str(tmp_path / "mcore"), "--out", str(tmp_path / "remote"))
     torch.testing.assert_close(hf_logits(tmp_path / "remote", TOKENS, remote=True), expected, rtol=1e-5, atol=1e-5)
     convert("mcore-to-hf", "--ckpt", str(tmp_path / "mcore"), "--out", str(tmp_path / "plain"), "--expand-kv")

@@ -132,3 +132,13 @@ def test_removal_matches_arch_and_is_exact_on_zeroed_groups(kind):
 
     expected_shapes = {k: v.shape for k, v in random_full_state(after_arch).items()}
     assert {k: v.shape for k, v in pruned.items()} == expected_shapes
+
+
+def test_kv_floor_protects_the_last_heads_of_groups():
+    """With min_kv_heads=2 a layer at two KV heads gives up a head only from a larger group."""
+    arch = small_arch(heads_per_group=[[1, 3], [1, 3], [2, 2]])
+    scores = GroupScores([torch.tensor([0.0, 1, 2, 3])] * 3, [torch.ones(6)] * 3, torch.full((8,), 99.0))
+    assert choose(scores, arch).indices == (0, 0, 0)
+    assert choose(scores, arch, floors=Floors(kv_heads=2)).indices == (1, 1, 0)
+    arch = small_arch(heads_per_group=[[1, 1], [2, 2], [2, 2]])
+    assert choose(scores, arch, floors=Floors(kv_heads=2)).kind == "ffn"  # layer 0 has nothing removable

@@ -1,0 +1,98 @@
+"""Which TP rank holds which heads and FFN channels of a (possibly pruned) model.
+
+megatron-core splits heads and FFN channels evenly over TP ranks. After pruning they no
+longer divide: one head or channel fewer per layer leaves ranks unequal. pap places
+them itself, contiguously and as evenly as the shape allows:
+
+* KV groups of a layer go to ranks in order, cut where the running count of query heads
+  is closest to an equal share, so every rank gets at least one group and no rank
+  carries more than one group above its share;
+* FFN channels are cut into `tp` contiguous runs whose lengths differ by at most one.
+
+The placement is a pure function of the `Arch` and the TP size, so every rank computes
+the same one, and the choice of what to remove never depends on it.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+import torch
+
+from pap.arch import Arch
+from pap.errors import PapError
+
+
+def split_groups(heads_per_group: List[int], tp: int) -> List[List[int]]:
+    """Contiguous runs of KV-group indices per TP rank, balanced by query heads."""
+    groups = [g for g, n in enumerate(heads_per_group) if n > 0]
+    if len(groups) < tp:
+        raise PapError(f"a layer has {len(groups)} KV heads left, fewer than parallel.tp={tp}; "
+                       f"raise prune.min_heads or lower parallel.tp")
+    sizes = [heads_per_group[g] for g in groups]
+    total = sum(sizes)
+    cuts, running, start = [], 0, 0
+    for rank in range(1, tp):
+        ideal = total * rank / tp
+        best = None
+        # the cut lies after group index i (exclusive end), leaving room for the ranks after it
+        for end in range(start + 1, len(groups) - (tp - rank) + 1):
+            running_here = sum(sizes[:end])
+            key = (abs(running_here - ideal), end)
+            if best is None or key < best[0]:
+                best = (key, end)
+        cuts.append(best[1])
+        start = best[1]
+    bounds = [0] + cuts + [len(groups)]
+    return [groups[bounds[r]:bounds[r + 1]] for r in range(tp)]
+
+
+def split_channels(width: int, tp: int) -> List[range]:
+    """`tp` contiguous runs of FFN channels, lengths differing by at most one."""
+    if width < tp:
+        raise PapError(f"an FFN has {width} channels left, fewer than parallel.tp={tp}; raise prune.min_ffn")
+    base, extra = divmod(width, tp)
+    runs, start = [], 0
+    for rank in range(tp):
+        length = base + (1 if rank < extra else 0)
+        runs.append(range(start, start + length))
+        start += length
+    return runs
+
+
+def needs_placement(arch: Arch, tp: int) -> bool:
+    """True when megatron's even split cannot hold `arch` at this TP size."""
+    if tp == 1:
+        return False
+    groups = arch.heads_per_group
+    uniform = arch.is_uniform and 0 not in groups[0]
+    return not (uniform and arch.num_kv_heads(0) % tp == 0 and arch.ffn[0] % tp == 0)
+
+
+class LayerPlacement:
+    """One layer's share on one TP rank, and the full-tensor indices of its shards."""
+
+    def __init__(self, arch: Arch, layer: int, tp: int, rank: int):
+        counts = arch.heads_per_group[layer]
+        mine = split_groups(counts, tp)[rank]
+        self.heads_per_group = [counts[g] for g in mine]
+        self.channels = split_channels(arch.ffn[layer], tp)[rank]
+        d = arch.head_dim
+        # Global head (query) indices and linear_qkv head-unit rows of the kept groups.
+        first_head = {g: sum(counts[:g]) for g in range(len(counts))}
+        first_unit, unit = {}, 0
+        for g, n in enumerate(counts):
+            if n > 0:
+                first_unit[g] = unit
+                unit += n + 2
+        heads = [h for g in mine for h in range(first_head[g], first_head[g] + counts[g])]
+        units = [u for g in mine for u in range(first_unit[g], first_unit[g] + counts[g] + 2)]
+        self.qkv_rows = torch.tensor([u * d + r for u in units for r in range(d)])
+        self.proj_columns = torch.tensor([h * d + r for h in heads for r in range(d)])
+        width = arch.ffn[layer]
+        self.fc1_rows = torch.tensor(list(self.channels) + [width + c for c in self.channels])
+        self.fc2_columns = torch.tensor(list(self.channels))
+
+    @property
+    def num_heads(self) -> int:
+        return sum(self.heads_per_group)
