@@ -69,3 +69,44 @@ def pruning_run(cfg_dict: dict, steps: int):
         return None
     return {"removals": [(r.kind, r.indices) for r in trainer.pruning.removals], "arch": trainer.arch.to_json(),
             "params": params, "losses": losses}
+
+
+def removal_matches_unpruned(cfg_dict: dict, kind: str, indices: tuple):
+    """Zero a group, then (A) step and prune, or (B) prune and step. On rank 0:
+    validation losses of the zeroed and the pruned model, and A's and B's weights."""
+    import torch.distributed as dist
+
+    from pap.config import config_from_dict
+    from pap.pruning.remove import prune_state
+    from pap.pruning.select import Removal
+    from pap.sharding.full_state import gather_full_state, load_full_state
+    from pap.sharding.reshard import apply_removal
+    from pap.trainer import Trainer
+
+    removal = Removal(kind, tuple(indices), 0.0, ())
+    runs = []
+    for _ in range(2):  # two identical trainers, trained identically
+        trainer = Trainer(config_from_dict(cfg_dict))
+        for _ in range(2):
+            trainer.train_step()
+        full = gather_full_state(trainer.model.module, "param")
+        d = trainer.arch.head_dim
+        for layer, index in enumerate(removal.indices):
+            if kind == "attn":
+                full[f"decoder.layers.{layer}.self_attention.linear_proj.weight"][:, index * d:(index + 1) * d] = 0
+            else:
+                full[f"decoder.layers.{layer}.mlp.linear_fc2.weight"][:, index] = 0
+        load_full_state(trainer.model.module, full)
+        runs.append(trainer)
+    a, b = runs
+    arch_before = a.arch
+    zeroed_loss = a.evaluate()
+    a.train_step()
+    weights_a = prune_state(_everything_on_rank0(gather_full_state(a.model.module, "param")), arch_before, removal)
+    apply_removal(b, removal)
+    pruned_loss = b.evaluate()
+    b.train_step()
+    weights_b = _everything_on_rank0(gather_full_state(b.model.module, "param"))
+    if dist.get_rank() != 0:
+        return None
+    return {"zeroed_loss": zeroed_loss, "pruned_loss": pruned_loss, "a": weights_a, "b": weights_b}

@@ -1,0 +1,26 @@
+"""A removal is exact and keeps Adam's state: zero-group removal changes nothing, and
+the step after a removal equals the unpruned step on the surviving entries."""
+
+import pytest
+
+from tests.distributed.workers import removal_matches_unpruned
+from tests.helpers import run_distributed, tiny_config
+
+pytestmark = pytest.mark.slow
+
+CASES = {"attn": (1, 3, 0, 2), "ffn": (5, 127, 0, 64)}
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_removal_exact_and_optimizer_state_kept(kind, tp, random_dataset):
+    # No clipping: the removed entries' gradients would otherwise change the global norm.
+    cfg = tiny_config(random_dataset, parallel={"tp": tp, "pp": 1},
+                      train={"iters": 10, "warmup_iters": 1, "clip_grad": 0.0, "eval_iters": 1})
+    got = run_distributed(removal_matches_unpruned, tp, cfg, kind, CASES[kind])[0]
+    assert abs(got["zeroed_loss"] - got["pruned_loss"]) <= 1e-6
+    assert got["a"].keys() == got["b"].keys()
+    for name, value in got["a"].items():
+        assert got["b"][name].shape == value.shape, name
+        err = ((got["b"][name] - value).abs().max() / value.abs().max().clamp(min=1e-12)).item()
+        assert err <= 1e-5, f"{name}: {err:.2e}"
