@@ -141,15 +141,19 @@ def _full_tensors(model, optimizer, is_loading: bool) -> dict:
     from megatron.core import parallel_state as ps
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
-    from pap.sharding.full_state import TIED_OUTPUT, full_shape, global_name, tp_gather
+    from pap.sharding.full_state import EMBEDDING, TIED_OUTPUT, full_shape, global_name, tp_gather
 
-    replica = (ps.get_tensor_model_parallel_rank(), ps.get_data_parallel_rank())
+    tp_rank, dp_rank = ps.get_tensor_model_parallel_rank(), ps.get_data_parallel_rank()
     states = _adam_states(optimizer) if optimizer is not None else {}
     out = {}
     for local, param in model.named_parameters():
-        if local == TIED_OUTPUT and model.share_embeddings_and_output_weights:
-            continue  # the last stage's copy of the tied embedding
         name = global_name(model, local)
+        # The last stage's copy of a tied embedding is a replica of the first stage's
+        # tensor: never written, but read back from it.
+        tied_copy = local == TIED_OUTPUT and model.share_embeddings_and_output_weights
+        if tied_copy:
+            name = EMBEDDING
+        replica = (1 if tied_copy else 0, tp_rank, dp_rank)
         sources = {f"model/{name}": lambda p: p.detach()}
         if optimizer is not None:
             for moment in MOMENTS:
