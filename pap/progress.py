@@ -39,11 +39,13 @@ class Progress:
         if self.enabled:
             print(message, flush=True)
 
-    def train_line(self, iteration: int, tokens: int, loss: float, lr: float, tokens_per_sec: float) -> None:
+    def train_line(self, iteration: int, tokens: int, loss: float, lr: float, tokens_per_sec: float,
+                   extra: str = "") -> None:
         width = len(str(self.total_iters))
         self.print(
             f"iter {iteration:>{width}}/{self.total_iters} | tokens {tokens:,} | loss {loss:.4f} | "
             f"lr {lr:.3e} | tok/s {tokens_per_sec:,.0f} | elapsed {format_elapsed(time.time() - self.start)}"
+            + (f" | {extra}" if extra else "")
         )
 
     def scalars(self, iteration: int, values: dict) -> None:

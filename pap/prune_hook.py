@@ -41,11 +41,12 @@ class PruningHook:
         cfg = trainer.cfg.prune
         self.cfg = cfg
         self.accumulator = SaliencyAccumulator(cfg.metric)
-        start = trainer.arch.num_params()
+        start = trainer.source_arch.num_params()
         self.target = int(cfg.target_params if cfg.target_params > 1 else cfg.target_params * start)
         self.floors = Floors(heads=cfg.min_heads, ffn=cfg.min_ffn, hidden=cfg.min_hidden, kv_heads=cfg.min_kv_heads)
         self.events_file = events_file
         self.removals: List[Removal] = []
+        self._new_removals: List[Removal] = []
         trainer.after_backward_hooks.append(self.after_backward)
         trainer.after_step_hooks.append(self.after_step)
 
@@ -68,9 +69,30 @@ class PruningHook:
                 break
             apply_removal(trainer, removal)
             self.removals.append(removal)
+            self._new_removals.append(removal)
             self._record(trainer, removal)
             scores = scores_after(scores, removal)
         self.accumulator.reset()
+
+    def scalars(self, trainer) -> dict:
+        """TensorBoard `pruning/*` scalars for this step (shape; saliencies when a round ran)."""
+        arch = trainer.arch
+        layers = range(arch.num_layers)
+        values = {"pruning/params": arch.num_params(),
+                  "pruning/heads": sum(arch.num_heads(l) for l in layers) / arch.num_layers,
+                  "pruning/kv_heads": sum(arch.num_kv_heads(l) for l in layers) / arch.num_layers,
+                  "pruning/ffn": sum(arch.ffn) / arch.num_layers, "pruning/hidden": arch.hidden_size}
+        if self._new_removals:
+            for kind, value in zip(("attn", "ffn", "stem"), self._new_removals[0].candidates):
+                if value != float("inf"):
+                    values[f"pruning/saliency_{kind}"] = value
+            self._new_removals = []
+        return values
+
+    def shape_summary(self, trainer) -> str:
+        arch = trainer.arch
+        return (f"params {arch.num_params() / 1e6:.2f}M heads {arch.num_heads(0)} "
+                f"kv {arch.num_kv_heads(0)} ffn {arch.ffn[0]} hidden {arch.hidden_size}")
 
     def _record(self, trainer, removal: Removal) -> None:
         arch = trainer.arch

@@ -69,6 +69,9 @@ class Trainer:
             check_same_model_settings(self.init_from, cfg)
         source = self.resume or self.init_from
         self.arch: Arch = source.arch if source else Arch.from_model_config(cfg.model)
+        # The model the run started from: fractions such as prune.target_params refer to it.
+        self.source_arch: Arch = (checkpoint.read(cfg.checkpoint.init_from).arch if cfg.checkpoint.init_from
+                                  else Arch.from_model_config(cfg.model))
 
         cache_dir = cfg.data.cache_dir or (f"{cfg.checkpoint.dir}/data_cache" if cfg.checkpoint.dir else None)
         valid_samples = t.eval_iters * t.global_batch_size
@@ -240,11 +243,12 @@ class Trainer:
             + (f"resumed from {self.resume.path} at iteration {self.iteration}" if self.iteration
                else f"weights from {(self.resume or self.init_from).path}" if (self.resume or self.init_from)
                else "fresh start"))
-        flops_per_iter = self.arch.flops_per_token(cfg.data.seq_length) * self.tokens_per_iter
         window_loss, window_steps, window_seconds = 0.0, 0, 0.0
         last_saved = self.iteration if self.resume else None
         try:
             while self.iteration < cfg.train.iters:
+                # FLOPs of the shape this step runs on (pruning may change it after the step).
+                flops_per_iter = self.arch.flops_per_token(cfg.data.seq_length) * self.tokens_per_iter
                 step = self.train_step()
                 window_loss += step.loss
                 window_steps += 1
@@ -254,11 +258,13 @@ class Trainer:
                     "iteration-time": step.seconds,
                     "throughput": flops_per_iter / step.seconds / 1e12 / self.topo.world_size,
                     "tokens-per-sec": self.tokens_per_iter / step.seconds,
+                    **(self.pruning.scalars(self) if self.pruning else {}),
                 })
                 if self.iteration % cfg.log.interval == 0 or self.iteration == cfg.train.iters:
                     progress.train_line(self.iteration, self.iteration * self.tokens_per_iter,
                                         window_loss / window_steps, step.lr,
-                                        window_steps * self.tokens_per_iter / window_seconds)
+                                        window_steps * self.tokens_per_iter / window_seconds,
+                                        self.pruning.shape_summary(self) if self.pruning else "")
                     window_loss, window_steps, window_seconds = 0.0, 0, 0.0
                 if cfg.train.eval_interval and self.iteration % cfg.train.eval_interval == 0 \
                         and self.iteration < cfg.train.iters:

@@ -181,3 +181,31 @@ def test_weighted_blend_trains(tmp_path, random_dataset):
     out = run(1, write_config(tmp_path / "c.yaml", cfg), log=tmp_path / "blend.log")
     assert sorted(step_losses(tmp_path / "m.jsonl")) == [1, 2, 3]
     assert "validation loss at iteration 3" in out
+
+
+@pytest.mark.slow
+def test_pruning_run_logs_saves_and_resumes_pruned(tmp_path, random_dataset):
+    """`pap.train` with pruning at TP=2: event log, pruning/* scalars, shape on the progress
+    line, and a checkpoint that resumes into the pruned architecture."""
+    run_dir = tmp_path / "run"
+    cfg = tiny_config(random_dataset, parallel={"tp": 2, "pp": 1},
+                      train={"iters": 6, "warmup_iters": 1, "eval_iters": 1},
+                      log={"interval": 2}, checkpoint={"dir": str(run_dir), "save_interval": 3},
+                      prune={"enabled": True, "target_params": 0.9, "min_kv_heads": 2, "min_ffn": 2})
+    config = write_config(tmp_path / "c.yaml", cfg)
+    out = run(2, config, log=tmp_path / "prune.log")
+    events = [json.loads(l) for l in (run_dir / "pruning_events.jsonl").read_text().splitlines()]
+    assert events and all(e["kind"] in ("attn", "ffn", "stem") for e in events)
+    assert "| params " in out and "pruned " in out
+    records = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    params = [r["pruning/params"] for r in records if "pruning/params" in r]
+    assert params == sorted(params, reverse=True) and params[-1] == events[-1]["params"]
+    state = json.loads(next(run_dir.glob("iter_0000006/pap_state.json")).read_text())
+    assert sum(map(sum, state["arch"]["heads_per_group"])) < 16 or state["arch"]["ffn"][0] < 128 \
+        or state["arch"]["hidden_size"] < 64
+    # Resume at TP=1 with more steps: the run continues from the pruned architecture.
+    cfg["train"]["iters"] = 7
+    cfg["parallel"] = {"tp": 1, "pp": 1}
+    cfg["prune"].update(min_kv_heads=1, min_ffn=1)
+    out = run(1, write_config(tmp_path / "c2.yaml", cfg), log=tmp_path / "resume.log")
+    assert f"pap: {events[-1]['params']:,} parameters" in out
