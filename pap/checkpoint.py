@@ -74,6 +74,19 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def rank_state_file(rank: int) -> str:
+    return f"rank_state_{rank:05d}.pt"
+
+
+def load_rank_state(resume: ResumeState, layout: dict) -> Optional[dict]:
+    """This rank's saved `rank_state`, or None when there is none or the layout changed."""
+    path = resume.path / rank_state_file(dist.get_rank())
+    same_layout = all(resume.layout.get(k) == layout[k] for k in ("tp", "pp", "dp"))
+    if not same_layout or not path.is_file():
+        return None
+    return torch.load(path, weights_only=False)
+
+
 def find_latest(root: Optional[str]) -> Optional[ResumeState]:
     """The newest complete checkpoint under `root`, or None for a fresh start."""
     if not root or not Path(root).is_dir():
@@ -203,10 +216,11 @@ def _adam_step(optimizer) -> float:
 
 
 def save(root: str, iteration: int, consumed_samples: int, arch: Arch, model, optimizer,
-         scheduler, layout: dict, config: dict) -> Path:
+         scheduler, layout: dict, config: dict, rank_state: Optional[dict] = None) -> Path:
     """Write checkpoint `iteration` on every rank (collective); returns its final path.
 
-    With `optimizer` and `scheduler` None, the checkpoint holds weights only.
+    With `optimizer` and `scheduler` None, the checkpoint holds weights only. `rank_state`
+    is this rank's own state (e.g. the pruning saliency window), reloadable at the same layout.
     """
     from megatron.core import dist_checkpointing
 
@@ -223,6 +237,8 @@ def save(root: str, iteration: int, consumed_samples: int, arch: Arch, model, op
     else:
         dist_checkpointing.save(_sharded_state(model, optimizer, is_loading=False), str(partial))
     adam_step = _adam_step(optimizer) if optimizer is not None else None
+    if rank_state is not None:
+        torch.save(rank_state, partial / rank_state_file(rank))
     dist.barrier()
     if rank == 0:
         state = {

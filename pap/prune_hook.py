@@ -74,6 +74,28 @@ class PruningHook:
             scores = scores_after(scores, removal)
         self.accumulator.reset()
 
+    def state_dict(self) -> dict:
+        """The saliency window and the removals so far (this rank's share)."""
+        return {"accumulator": self.accumulator.state_dict(), "target": self.target,
+                "removals": [r.to_dict() for r in self.removals]}
+
+    def truncate_events(self, iteration: int) -> None:
+        """Drop logged removals after `iteration` (a resumed run makes them again)."""
+        import os
+
+        if self.events_file and os.path.isfile(self.events_file):
+            with open(self.events_file) as f:
+                kept = [line for line in f if json.loads(line)["iteration"] <= iteration]
+            with open(self.events_file, "w") as f:
+                f.writelines(kept)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.accumulator.load_state_dict(state["accumulator"])
+        self.target = state["target"]
+        self.removals = [Removal(r["kind"], tuple(r["indices"]), r["score"],
+                                 tuple(r["candidates"][k] for k in ("attn", "ffn", "stem")))
+                         for r in state["removals"]]
+
     def scalars(self, trainer) -> dict:
         """TensorBoard `pruning/*` scalars for this step (shape; saliencies when a round ran)."""
         arch = trainer.arch

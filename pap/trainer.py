@@ -107,6 +107,13 @@ class Trainer:
 
             events = f"{cfg.checkpoint.dir}/pruning_events.jsonl" if cfg.checkpoint.dir else None
             self.pruning = PruningHook(self, events)
+            if self.iteration and self.topo.rank == 0:
+                self.pruning.truncate_events(self.iteration)
+            saved = checkpoint.load_rank_state(self.resume, self.layout) if self.iteration else None
+            if saved is not None:
+                self.pruning.load_state_dict(saved["pruning"])
+            elif self.iteration and self.topo.rank == 0:
+                print("pap: the saliency window restarts (saved at another layout or not saved)", flush=True)
 
     def rebuild(self, arch: Arch) -> None:
         """(Re)build this rank's model stage, DDP wrapper and optimizer for `arch`.
@@ -224,7 +231,8 @@ class Trainer:
 
     def save(self) -> None:
         checkpoint.save(self.cfg.checkpoint.dir, self.iteration, self.consumed_samples, self.arch,
-                        self.model.module, self.optimizer, self.scheduler, self.layout, self.cfg.to_dict())
+                        self.model.module, self.optimizer, self.scheduler, self.layout, self.cfg.to_dict(),
+                        rank_state={"pruning": self.pruning.state_dict()} if self.pruning else None)
 
     # ---- the loop --------------------------------------------------------------------------
     def run(self) -> Optional[float]:

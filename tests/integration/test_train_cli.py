@@ -209,3 +209,37 @@ def test_pruning_run_logs_saves_and_resumes_pruned(tmp_path, random_dataset):
     cfg["prune"].update(min_kv_heads=1, min_ffn=1)
     out = run(1, write_config(tmp_path / "c2.yaml", cfg), log=tmp_path / "resume.log")
     assert f"pap: {events[-1]['params']:,} parameters" in out
+
+
+@pytest.mark.slow
+def test_sigkill_mid_pruning_resumes_with_the_same_decisions(tmp_path, random_dataset):
+    """Killed inside a saliency window (grad_steps=2, checkpoints every 3 steps), the resumed
+    run removes the same groups and reproduces the uninterrupted run's losses."""
+    iters = 30
+
+    def config(name):
+        cfg = tiny_config(random_dataset, train={"iters": iters, "warmup_iters": 1, "eval_iters": 0},
+                          log={"interval": 10}, checkpoint={"dir": str(tmp_path / name), "save_interval": 3},
+                          prune={"enabled": True, "target_params": 0.5, "grad_steps": 2, "min_ffn": 100})
+        return write_config(tmp_path / f"{name}.yaml", cfg)
+
+    run(1, config("ref"), log=tmp_path / "ref.log")
+    reference_events = (tmp_path / "ref" / "pruning_events.jsonl").read_text().splitlines()
+    reference = step_losses(tmp_path / "ref" / "metrics.jsonl")
+    assert len(reference_events) >= 5
+
+    proc = launch(1, config("killed"), log=tmp_path / "killed.log")
+    tracker = tmp_path / "killed" / "latest_checkpointed_iteration.txt"
+    deadline = time.time() + 300
+    while not tracker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    kill_tree(proc)
+    saved = int(tracker.read_text())
+    assert saved < iters and saved % 2 == 1, "the kill must land inside a two-step window"
+    out = run(1, config("killed"), log=tmp_path / "resumed.log")
+    assert "saliency window restarts" not in out
+    assert (tmp_path / "killed" / "pruning_events.jsonl").read_text().splitlines() == reference_events
+    resumed = step_losses(tmp_path / "killed" / "metrics.jsonl")
+    for iteration in range(saved + 1, iters + 1):
+        assert resumed[iteration] == pytest.approx(reference[iteration], abs=1e-6), iteration
+
