@@ -381,8 +381,6 @@ def validate(cfg: PapConfig, source: str = "<config>") -> None:
             fail("prune.min_kv_heads", f"and prune.min_ffn must be at least parallel.tp ({p.tp}) so every "
                  f"tensor-parallel rank keeps a KV head and an FFN channel; e.g. prune.min_kv_heads={p.tp} "
                  f"prune.min_ffn={p.tp}")
-        if p.distributed_optimizer:
-            fail("prune.enabled", "with parallel.distributed_optimizer=true is not supported yet")
     if not cfg.data.blend:
         fail("data.blend", "is empty: give at least one dataset prefix (path/name_text_document)")
     _parse_split(cfg.data.split, source)

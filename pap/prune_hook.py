@@ -55,12 +55,15 @@ class PruningHook:
 
     def after_backward(self, trainer) -> None:
         if self.active(trainer):
-            self.accumulator.update(trainer.model.module, trainer.arch.head_dim)
+            from pap.sharding.distopt import owned_ranges
+
+            self.accumulator.update(trainer.model.module, trainer.arch.head_dim, owned_ranges(trainer.optimizer))
 
     def after_step(self, trainer, step) -> None:
         if not self.active(trainer) or self.accumulator.steps < self.cfg.grad_steps:
             return
-        scores = global_scores(self.accumulator, trainer.arch.num_layers)
+        scores = global_scores(self.accumulator, trainer.arch.num_layers,
+                               dp_sharded=trainer.cfg.parallel.distributed_optimizer)
         for _ in range(self.cfg.prune_steps):
             if not self.active(trainer):
                 break

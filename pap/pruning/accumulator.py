@@ -36,16 +36,21 @@ class SaliencyAccumulator:
         self.stem: torch.Tensor = None
 
     @torch.no_grad()
-    def update(self, model, head_dim: int) -> None:
-        """Score this rank's stage of `model` (a megatron GPTModel) with its current gradients."""
+    def update(self, model, head_dim: int, owned=None) -> None:
+        """Score this rank's stage of `model` (a megatron GPTModel) with its current gradients.
+
+        `owned` (distributed optimizer): id(param) -> (_, start, end), the flattened range
+        whose gradient is fully reduced on this rank; only that range is scored, the rest
+        counts as zero and the DP ranks' sums are added up later.
+        """
         self.steps += 1
         stem = None
         for layer in model.decoder.layers:
             index = layer.layer_number - 1
             proj = layer.self_attention.linear_proj.weight
             fc2 = layer.mlp.linear_fc2.weight
-            per_head, hidden_p = proj_scores(self._scores(f"{index}.proj", proj), head_dim)
-            per_channel, hidden_f = fc2_scores(self._scores(f"{index}.fc2", fc2))
+            per_head, hidden_p = proj_scores(self._scores(f"{index}.proj", proj, owned), head_dim)
+            per_channel, hidden_f = fc2_scores(self._scores(f"{index}.fc2", fc2, owned))
             self.attn[index] = self.attn.get(index, 0) + per_head.double()
             self.ffn[index] = self.ffn.get(index, 0) + per_channel.double()
             layer_stem = (hidden_p + hidden_f).double()
@@ -53,15 +58,26 @@ class SaliencyAccumulator:
         if stem is not None:
             self.stem = stem if self.stem is None else self.stem + stem
 
-    def _scores(self, key: str, param) -> torch.Tensor:
+    def _scores(self, key: str, param, owned=None) -> torch.Tensor:
         grad = _grad(param).float()
+        weight = param.detach()
+        if owned is not None:
+            # Score the owned range only; scatter back into a zero matrix of the full shape.
+            start, end = owned[id(param)][1:] if id(param) in owned else (0, 0)
+            scores = torch.zeros(param.numel(), dtype=torch.float32, device=grad.device)
+            if end > start:
+                scores[start:end] = self._element(key, weight.reshape(-1)[start:end], grad.reshape(-1)[start:end])
+            return scores.view(param.shape)
+        return self._element(key, weight, grad)
+
+    def _element(self, key: str, weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         fisher = None
         if needs_fisher(self.metric):
             total = self.fisher.get(key)
             total = grad.square() if total is None else total + grad.square()
             self.fisher[key] = total
             fisher = total / self.steps  # running mean of g² over the window
-        return element_saliency(self.metric, param.detach(), grad, fisher)
+        return element_saliency(self.metric, weight, grad, fisher)
 
     def state_dict(self) -> dict:
         """Everything needed to resume mid-window and make the same decision."""

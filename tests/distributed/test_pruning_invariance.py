@@ -33,8 +33,10 @@ def test_reference_prunes_every_kind(reference):
 
 
 @pytest.mark.parametrize("world,parallel", [(2, {"tp": 2, "pp": 1}), (2, {"tp": 1, "pp": 2}),
-                                            (4, {"tp": 2, "pp": 2}), (2, {"tp": 1, "pp": 1})],
-                         ids=["tp2", "pp2", "tp2pp2", "dp2"])
+                                            (4, {"tp": 2, "pp": 2}), (2, {"tp": 1, "pp": 1}),
+                                            (2, {"tp": 1, "pp": 1, "distributed_optimizer": True}),
+                                            (4, {"tp": 2, "pp": 1, "distributed_optimizer": True})],
+                         ids=["tp2", "pp2", "tp2pp2", "dp2", "dp2_distopt", "tp2dp2_distopt"])
 def test_same_removals_arch_and_weights(world, parallel, reference, random_dataset):
     got = run_distributed(pruning_run, world, _config(random_dataset, parallel), STEPS)[0]
     assert got["removals"] == reference["removals"]

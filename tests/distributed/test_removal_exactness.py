@@ -11,13 +11,17 @@ pytestmark = pytest.mark.slow
 CASES = {"attn": (1, 3, 0, 2), "ffn": (5, 127, 0, 64)}
 
 
-@pytest.mark.parametrize("tp", [1, 2])
+LAYOUTS = {"tp1": (1, {"tp": 1}), "tp2": (2, {"tp": 2}), "dp2_distopt": (2, {"tp": 1, "distributed_optimizer": True})}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("kind", sorted(CASES))
-def test_removal_exact_and_optimizer_state_kept(kind, tp, random_dataset):
+def test_removal_exact_and_optimizer_state_kept(kind, layout, random_dataset):
+    world, parallel = LAYOUTS[layout]
     # No clipping: the removed entries' gradients would otherwise change the global norm.
-    cfg = tiny_config(random_dataset, parallel={"tp": tp, "pp": 1},
+    cfg = tiny_config(random_dataset, parallel={"pp": 1, **parallel},
                       train={"iters": 10, "warmup_iters": 1, "clip_grad": 0.0, "eval_iters": 1})
-    got = run_distributed(removal_matches_unpruned, tp, cfg, kind, CASES[kind])[0]
+    got = run_distributed(removal_matches_unpruned, world, cfg, kind, CASES[kind])[0]
     assert abs(got["zeroed_loss"] - got["pruned_loss"]) <= 1e-6
     assert got["a"].keys() == got["b"].keys()
     for name, value in got["a"].items():
