@@ -6,14 +6,13 @@ Layout (Megatron-LM's names, so its users find their way):
     <dir>/iter_0000100/                         megatron-core dist_checkpointing (torch_dist)
     <dir>/iter_0000100/pap_state.json           Arch, iteration, scheduler, layout, config
 
-Tensors are saved with megatron-core `dist_checkpointing` in one of two formats:
-
-* `full` (the default): every weight and Adam moment as its full, unsharded tensor under
-  its global name, written once per pipeline stage (TP and DP copies are replicas). Any
-  layout loads it, including the uneven TP shards of a pruned model, because each rank
-  slices what it holds. Costs a TP all-gather at save and load.
-* `megatron`: megatron's own sharded state dicts, used with the distributed optimizer,
-  whose `dp_reshardable` optimizer state reloads only at the same TP and PP. A save is written to
+Tensors are saved with megatron-core `dist_checkpointing` as full, unsharded tensors under
+their global names (`model/<name>`, `optim/<moment>/<name>`), written once per pipeline
+stage: TP and DP copies are replicas. Any layout loads them, including the uneven TP
+shards of a pruned model and the DP-sharded state of the distributed optimizer, because
+each rank slices what it holds. megatron's own sharded state dicts would assume even TP
+shards and tie the distributed optimizer's state to one TP/PP. The price is a TP (and,
+with the distributed optimizer, DP) all-gather at save and load. A save is written to
 `iter_XXXXXXX.partial` and renamed only once every rank has finished and the state file
 is on disk; the tracker file is replaced atomically after that. A crash mid-save leaves
 a `.partial` directory that resume ignores (and the next save of that iteration removes).
@@ -36,9 +35,6 @@ from pap.errors import PapError
 
 TRACKER = "latest_checkpointed_iteration.txt"
 STATE_FILE = "pap_state.json"
-# The distributed optimizer's default sharding type is deprecated in megatron-core 0.16
-# and fails to save ("ShardedTensor.flattened_range is not supported"); this one works.
-_OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
 
 
 def iteration_dir(root: str, iteration: int) -> Path:
@@ -56,7 +52,6 @@ class ResumeState:
     scheduler: Optional[dict]
     layout: dict
     config: dict
-    format: str = "megatron"
     adam_step: Optional[float] = None
 
     @property
@@ -118,7 +113,6 @@ def _read_state(state_file: Path) -> ResumeState:
             scheduler=data.get("scheduler"),
             layout=data["layout"],
             config=data.get("config", {}),
-            format=data.get("format", "megatron"),
             adam_step=data.get("adam_step"),
         )
     except (ValueError, KeyError, TypeError) as exc:
@@ -126,38 +120,16 @@ def _read_state(state_file: Path) -> ResumeState:
                        f"directory to resume from an older one") from None
 
 
-def _sharded_state(model, optimizer, is_loading: bool):
-    model_state = model.sharded_state_dict()
-    if optimizer is None:
-        return {"model": model_state}
-    optimizer_state = optimizer.sharded_state_dict(model_state, is_loading=is_loading, metadata=_OPTIMIZER_METADATA)
-    return {"model": model_state, "optimizer": optimizer_state}
-
-
-# ---- the `full` format ------------------------------------------------------------------------
-MOMENTS = ("exp_avg", "exp_avg_sq")
-
-
-def _adam_states(optimizer) -> dict:
-    """id(param) -> (torch optimizer, its state dict) for megatron's non-distributed optimizer."""
-    states = {}
-    for chained in getattr(optimizer, "chained_optimizers", [optimizer]):
-        inner = chained.optimizer
-        for group in inner.param_groups:
-            for param in group["params"]:
-                states[id(param)] = (inner, param)
-    return states
-
-
 def _full_tensors(model, optimizer, is_loading: bool) -> dict:
-    """{key: ShardedTensor} of full tensors: `model/<name>` and `optim/<moment>/<name>`."""
+    """{key: ShardedTensor} of this stage's full weights and (with `optimizer`) Adam moments."""
     from megatron.core import parallel_state as ps
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
+    from pap.sharding.adam_state import MOMENTS, gather_adam
     from pap.sharding.full_state import EMBEDDING, TIED_OUTPUT, full_shape, global_name, tp_gather
 
     tp_rank, dp_rank = ps.get_tensor_model_parallel_rank(), ps.get_data_parallel_rank()
-    states = _adam_states(optimizer) if optimizer is not None else {}
+    moments = gather_adam(model, optimizer, across_pp=False) if optimizer is not None and not is_loading else None
     out = {}
     for local, param in model.named_parameters():
         name = global_name(model, local)
@@ -167,52 +139,31 @@ def _full_tensors(model, optimizer, is_loading: bool) -> dict:
         if tied_copy:
             name = EMBEDDING
         replica = (1 if tied_copy else 0, tp_rank, dp_rank)
-        sources = {f"model/{name}": lambda p: p.detach()}
+        keys = {f"model/{name}": param.dtype}
         if optimizer is not None:
-            for moment in MOMENTS:
-                def fetch(p, moment=moment):
-                    inner, key = states[id(p)]
-                    state = inner.state.get(key, {})
-                    return state[moment] if moment in state else torch.zeros_like(p)
-
-                sources[f"optim/{moment}/{name}"] = fetch
-        for key, fetch in sources.items():
-            if is_loading:
-                dtype = param.dtype if key.startswith("model/") else torch.float32
-                tensor = torch.empty(full_shape(param), dtype=dtype)
+            keys.update({f"optim/{moment}/{name}": torch.float32 for moment in MOMENTS})
+        for key, dtype in keys.items():
+            if is_loading or tied_copy:
+                tensor = torch.zeros(full_shape(param), dtype=dtype)
+            elif key.startswith("model/"):
+                tensor = tp_gather(param.detach(), param).cpu()
             else:
-                tensor = tp_gather(fetch(param), param).cpu()
+                moment = key.split("/")[1]
+                tensor = moments[moment][name]
             out[key] = ShardedTensor.from_rank_offsets(key, tensor, replica_id=replica)
     return out
 
 
 def _load_full(path: Path, model, optimizer, adam_step) -> None:
+    from pap.sharding.adam_state import MOMENTS, scatter_adam
     from pap.sharding.full_state import load_full_state
 
     loaded = _dist_load(_full_tensors(model, optimizer, is_loading=True), path)
     load_full_state(model, {k[len("model/"):]: v for k, v in loaded.items() if k.startswith("model/")})
-    if optimizer is None:
-        return
-    states = _adam_states(optimizer)
-    for moment in MOMENTS:
-        prefix = f"optim/{moment}/"
-
-        def assign(param, local, moment=moment):
-            inner, key = states[id(param)]
-            state = inner.state[key]
-            state["step"] = torch.tensor(float(adam_step))
-            state[moment] = local.to(param.device, torch.float32).clone()
-
-        load_full_state(model, {k[len(prefix):]: v for k, v in loaded.items() if k.startswith(prefix)},
-                        assign=assign)
-
-
-def _adam_step(optimizer) -> float:
-    for inner, key in _adam_states(optimizer).values():
-        step = inner.state.get(key, {}).get("step")
-        if step is not None:
-            return float(step)
-    return 0.0
+    if optimizer is not None:
+        moments = {m: {k[len(f"optim/{m}/"):]: v for k, v in loaded.items() if k.startswith(f"optim/{m}/")}
+                   for m in MOMENTS}
+        scatter_adam(model, optimizer, moments, adam_step)
 
 
 def save(root: str, iteration: int, consumed_samples: int, arch: Arch, model, optimizer,
@@ -226,23 +177,21 @@ def save(root: str, iteration: int, consumed_samples: int, arch: Arch, model, op
 
     final = iteration_dir(root, iteration)
     partial = final.with_name(final.name + ".partial")
+    from pap.sharding.adam_state import adam_step as current_adam_step
+
     rank = dist.get_rank()
-    fmt = "megatron" if layout.get("distributed_optimizer") else "full"
     if rank == 0:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
     dist.barrier()
-    if fmt == "full":
-        dist_checkpointing.save(_full_tensors(model, optimizer, is_loading=False), str(partial))
-    else:
-        dist_checkpointing.save(_sharded_state(model, optimizer, is_loading=False), str(partial))
-    adam_step = _adam_step(optimizer) if optimizer is not None else None
+    dist_checkpointing.save(_full_tensors(model, optimizer, is_loading=False), str(partial))
+    adam_step = current_adam_step(optimizer) if optimizer is not None else None
     if rank_state is not None:
         torch.save(rank_state, partial / rank_state_file(rank))
     dist.barrier()
     if rank == 0:
         state = {
-            "format": fmt,
+            "format": "full",
             "adam_step": adam_step,
             "iteration": iteration,
             "consumed_samples": consumed_samples,
@@ -258,24 +207,6 @@ def save(root: str, iteration: int, consumed_samples: int, arch: Arch, model, op
         _write_atomic(Path(root) / TRACKER, f"{iteration}\n")
     dist.barrier()
     return final
-
-
-def _materialise_optimizer_state(optimizer) -> None:
-    """Give a fresh optimizer the Adam state tensors its sharded state dict must describe.
-
-    Without apex/Transformer Engine, megatron wraps torch's Adam, which creates `step`,
-    `exp_avg` and `exp_avg_sq` lazily at the first step; loading into a fresh optimizer
-    then trips distrib_optimizer.py:641 (megatron-core 0.16.1). Zeros are overwritten by the load.
-    """
-    for chained in getattr(optimizer, "chained_optimizers", [optimizer]):
-        inner = chained.optimizer
-        for group in inner.param_groups:
-            for param in group["params"]:
-                state = inner.state[param]
-                if "step" not in state:
-                    state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(param.data)
-                    state["exp_avg_sq"] = torch.zeros_like(param.data)
 
 
 def _dist_load(sharded_state: dict, path: Path) -> dict:
@@ -302,11 +233,7 @@ def _dist_load(sharded_state: dict, path: Path) -> dict:
 
 def load_model(resume: ResumeState, model) -> None:
     """Load only the weights of `resume` into `model` (any TP/PP layout)."""
-    if resume.format == "full":
-        _load_full(resume.path, model, None, None)
-        return
-    state = _dist_load({"model": model.sharded_state_dict()}, resume.path)
-    model.load_state_dict(state["model"])
+    _load_full(resume.path, model, None, None)
 
 
 def read(path: str) -> ResumeState:
@@ -322,23 +249,6 @@ def read(path: str) -> ResumeState:
 
 
 def load(resume: ResumeState, model, optimizer, scheduler, layout: dict) -> None:
-    """Load model, optimizer and scheduler state from `resume` into freshly built objects."""
-    saved = resume.layout
-    if saved.get("distributed_optimizer") or layout.get("distributed_optimizer"):
-        if (saved.get("tp"), saved.get("pp"), saved.get("distributed_optimizer")) != (
-                layout["tp"], layout["pp"], layout["distributed_optimizer"]):
-            raise PapError(f"{resume.path}: saved with tp={saved.get('tp')} pp={saved.get('pp')} "
-                           f"distributed_optimizer={saved.get('distributed_optimizer')}; a distributed-optimizer "
-                           f"checkpoint reloads only at the same tp, pp and optimizer type")
-    _materialise_optimizer_state(optimizer)
-    if resume.format == "full":
-        if layout.get("distributed_optimizer"):
-            raise PapError(f"{resume.path}: saved without the distributed optimizer; resume with "
-                           f"parallel.distributed_optimizer=false")
-        _load_full(resume.path, model, optimizer, resume.adam_step or 0.0)
-    else:
-        state = _dist_load(_sharded_state(model, optimizer, is_loading=True), resume.path)
-        model.load_state_dict(state["model"])
-        with torch.no_grad():  # fp32 main params may be views of leaf params (distrib_optimizer.py:940)
-            optimizer.load_state_dict(state["optimizer"])
+    """Load model, optimizer and scheduler state from `resume` into freshly built objects (any layout)."""
+    _load_full(resume.path, model, optimizer, resume.adam_step or 0.0)
     scheduler.load_state_dict(resume.scheduler)

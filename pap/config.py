@@ -73,7 +73,7 @@ class ParallelConfig:
     """Megatron sequence parallelism (tp > 1 only)."""
     distributed_optimizer: bool = False
     """Shard optimizer state over data-parallel ranks (megatron's DistributedOptimizer).
-    Its checkpoints reload only at the same tp and pp."""
+    Checkpoints hold full tensors either way, so either optimizer resumes from them."""
 
 
 @dataclass

@@ -109,10 +109,11 @@ def _local_tensor(param, what):
     return torch.zeros_like(param) if grad is None else grad.detach()
 
 
-def gather_full_state(model, what="param") -> Dict[str, torch.Tensor]:
+def gather_full_state(model, what="param", across_pp: bool = True) -> Dict[str, torch.Tensor]:
     """Full tensors by global name, on every rank of the model's PP group.
 
     `what`: 'param', 'grad', or a function param -> tensor shaped like it (e.g. an Adam moment).
+    With `across_pp=False`, only this stage's tensors (no PP collective).
 
     A tied output layer on the last stage is left out (it is the embedding).
     """
@@ -123,7 +124,7 @@ def gather_full_state(model, what="param") -> Dict[str, torch.Tensor]:
         if name == TIED_OUTPUT and model.share_embeddings_and_output_weights:
             continue  # the last stage's copy of a tied embedding (PP > 1)
         local[global_name(model, name)] = tp_gather(_local_tensor(param, what), param).cpu()
-    if ps.get_pipeline_model_parallel_world_size() == 1:
+    if not across_pp or ps.get_pipeline_model_parallel_world_size() == 1:
         return local
     stages = [None] * ps.get_pipeline_model_parallel_world_size()
     dist.all_gather_object(stages, local, group=ps.get_pipeline_model_parallel_group())

@@ -47,3 +47,20 @@ def test_same_removals_arch_and_weights(world, parallel, reference, random_datas
         assert err <= 1e-4, f"{name}: {err:.2e}"
     for a, b in zip(got["losses"], reference["losses"]):
         assert abs(a - b) <= 1e-4
+
+
+def test_tied_embeddings_across_pipeline_stages(random_dataset):
+    """Stem removals cut the tied embedding on the first stage and its copy on the last alike."""
+    def tied(parallel):
+        cfg = _config(random_dataset, parallel)
+        cfg["model"]["tie_embeddings"] = True
+        return cfg
+
+    reference = run_distributed(pruning_run, 1, tied({"tp": 1, "pp": 1}), STEPS)[0]
+    got = run_distributed(pruning_run, 2, tied({"tp": 1, "pp": 2}), STEPS)[0]
+    assert "stem" in [kind for kind, _ in reference["removals"]]
+    assert got["removals"] == reference["removals"] and got["arch"] == reference["arch"]
+    assert "output_layer.weight" not in got["params"]
+    for name, value in reference["params"].items():
+        err = ((got["params"][name] - value).abs().max() / value.abs().max()).item()
+        assert err <= 1e-4, f"{name}: {err:.2e}"

@@ -243,3 +243,26 @@ def test_sigkill_mid_pruning_resumes_with_the_same_decisions(tmp_path, random_da
     for iteration in range(saved + 1, iters + 1):
         assert resumed[iteration] == pytest.approx(reference[iteration], abs=1e-6), iteration
 
+
+
+@pytest.mark.slow
+def test_distributed_optimizer_checkpoint_resumes_at_another_layout(tmp_path, random_dataset):
+    """DP=2 with the distributed optimizer saves at step 3; the run resumed at TP=2 with the
+    plain optimizer follows the uninterrupted DP=2 run (Adam state carried over)."""
+    import shutil
+
+    cfg = tiny_config(random_dataset, parallel={"tp": 1, "pp": 1, "distributed_optimizer": True},
+                      train={"iters": 6, "warmup_iters": 1, "eval_iters": 0},
+                      checkpoint={"dir": str(tmp_path / "dp2"), "save_interval": 3})
+    run(2, write_config(tmp_path / "dp2.yaml", cfg), log=tmp_path / "dp2.log")
+    reference = step_losses(tmp_path / "dp2" / "metrics.jsonl")
+    resumed_dir = tmp_path / "tp2"
+    resumed_dir.mkdir()
+    shutil.copytree(tmp_path / "dp2" / "iter_0000003", resumed_dir / "iter_0000003")
+    cfg["parallel"] = {"tp": 2, "pp": 1, "distributed_optimizer": False}
+    cfg["checkpoint"]["dir"] = str(resumed_dir)
+    out = run(2, write_config(tmp_path / "tp2.yaml", cfg), log=tmp_path / "tp2.log")
+    assert "at iteration 3" in out
+    resumed = step_losses(resumed_dir / "metrics.jsonl")
+    for iteration in (4, 5, 6):
+        assert resumed[iteration] == pytest.approx(reference[iteration], abs=1e-4), iteration
