@@ -21,7 +21,7 @@ def _use_transformer_engine(impl: str) -> bool:
     if impl == "local":
         return False
     try:
-        import transformer_engine  # noqa: F401
+        import transformer_engine  # noqa: F401  (only whether it imports matters)
     except ImportError:
         if impl == "transformer_engine":
             raise PapError("model.transformer_impl=transformer_engine but transformer_engine is not "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pap.arch import Arch, pad_vocab_size
+from pap.arch import Arch
 from pap.config import ModelConfig
 from pap.errors import PapError
 

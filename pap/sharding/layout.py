@@ -31,7 +31,7 @@ def split_groups(heads_per_group: List[int], tp: int) -> List[List[int]]:
                        f"raise prune.min_heads or lower parallel.tp")
     sizes = [heads_per_group[g] for g in groups]
     total = sum(sizes)
-    cuts, running, start = [], 0, 0
+    cuts, start = [], 0
     for rank in range(1, tp):
         ideal = total * rank / tp
         best = None

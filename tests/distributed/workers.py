@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 
 def grads_and_losses(cfg_dict: dict, steps: int):
     """First-batch loss, full params and grads (no update), then `steps` training losses.
@@ -42,8 +40,6 @@ def _everything_on_rank0(tensors: dict) -> dict:
 
 def model_shapes(cfg_dict: dict):
     """(parameter count of the built stage, Arch.num_params()) summed over PP stages on rank 0."""
-    import torch.distributed as dist
-
     from pap.config import config_from_dict
     from pap.sharding.full_state import gather_full_state
     from pap.trainer import Trainer

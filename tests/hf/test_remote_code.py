@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from tests.hf.test_convert import TOKENS, convert, hf_logits
 from tests.helpers import run_distributed, tiny_config

@@ -13,7 +13,6 @@ def megatron_logits(ckpt: str, tp: int, pp: int, tokens: torch.Tensor, resave_to
     """
     import dataclasses
 
-    import torch.distributed as dist
     from megatron.core import tensor_parallel
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
