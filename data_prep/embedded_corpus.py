@@ -17,7 +17,6 @@ The same Python version gives the same bytes; record it with any figure measured
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -26,7 +25,7 @@ import time
 from pathlib import Path
 from typing import List
 
-import numpy as np
+from data_prep.writer import dtype_name, token_dtype, write_documents, write_json_atomic
 
 EOD_TOKEN = "<|endoftext|>"
 PREFIX_NAME = "stdlib_text_document"
@@ -67,19 +66,9 @@ def train_tokenizer(docs: List[str], vocab_size: int):
     return tokenizer
 
 
-def write_indexed(prefix: str, documents: List[List[int]], eod: int) -> int:
+def write_indexed(prefix: str, documents: List[List[int]], eod: int, vocab_size: int = 0) -> int:
     """Write documents (+EOD each) with megatron-core's IndexedDatasetBuilder; returns tokens."""
-    import torch
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
-    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
-    total = 0
-    for ids in documents:
-        builder.add_item(torch.tensor(ids + [eod], dtype=torch.int64))
-        builder.end_document()
-        total += len(ids) + 1
-    builder.finalize(prefix + ".idx")
-    return total
+    return write_documents(prefix, documents, token_dtype(vocab_size), eod=eod)
 
 
 def make(output: str, vocab_size: int = 4096, max_files: int = 0) -> Path:
@@ -97,10 +86,12 @@ def make(output: str, vocab_size: int = 4096, max_files: int = 0) -> Path:
     tokenizer.save(str(staging / "tokenizer.json"))
     eod = tokenizer.token_to_id(EOD_TOKEN)
     encoded = [e.ids for e in tokenizer.encode_batch(docs)]
-    tokens = write_indexed(str(staging / PREFIX_NAME), encoded, eod)
-    meta = {"vocab_size": tokenizer.get_vocab_size(), "eod": eod, "documents": len(docs), "tokens": tokens,
-            "tokenizer": "tokenizer.json", "source": f"python {sys.version.split()[0]} stdlib"}
-    (staging / f"{PREFIX_NAME}.meta.json").write_text(json.dumps(meta, indent=1))
+    vocab = tokenizer.get_vocab_size()
+    tokens = write_indexed(str(staging / PREFIX_NAME), encoded, eod, vocab)
+    meta = {"vocab_size": vocab, "eod": eod, "documents": len(docs), "tokens": tokens,
+            "dtype": dtype_name(token_dtype(vocab)), "tokenizer": "tokenizer.json",
+            "source": f"python {sys.version.split()[0]} stdlib"}
+    write_json_atomic(staging / f"{PREFIX_NAME}.meta.json", meta)
     if out.exists():
         shutil.rmtree(out)
     os.replace(staging, out)
