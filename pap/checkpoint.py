@@ -209,6 +209,21 @@ def save(root: str, iteration: int, consumed_samples: int, arch: Arch, model, op
     return final
 
 
+def tag(root: str, iteration: int, name: str) -> Path:
+    """Link `<root>/<name>` to checkpoint `iteration` (rank 0 only; replaced atomically).
+
+    A tag names a milestone, e.g. `pruned`: the first checkpoint at the target size,
+    which `pap.convert mcore-to-hf --ckpt <root>/pruned` exports.
+    """
+    link = Path(root) / name
+    staging = link.with_name(f".{name}.tmp")
+    if staging.is_symlink() or staging.exists():
+        staging.unlink()
+    os.symlink(iteration_dir(root, iteration).name, staging)
+    os.replace(staging, link)
+    return link
+
+
 def _dist_load(sharded_state: dict, path: Path) -> dict:
     """megatron `dist_checkpointing.load`, with a mismatch reported as one PapError line.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,11 @@ class TrainConfig:
     """Run validation every this many steps (0: only at the end)."""
     eval_iters: int = 4
     """Global batches per validation (0: no validation)."""
+    exit_file: Optional[str] = None
+    """When this file appears (checked after every step), save a checkpoint, delete the file
+    and exit with status 0: how a preempted Slurm job stops cleanly (see launch/)."""
+    exit_signal: Optional[str] = "SIGUSR1"
+    """A signal that, sent to the training processes, does the same as `exit_file` (None: off)."""
 
 
 @dataclass
@@ -155,6 +161,8 @@ class CheckpointConfig:
     init_from: Optional[str] = None
     """Start from the weights (and Arch) of this pap checkpoint, e.g. one made by
     `python -m pap.convert hf-to-mcore`, when `dir` holds no checkpoint yet."""
+    save_pruned: bool = True
+    """Save a checkpoint when the pruning target is reached, linked as `<dir>/pruned`."""
 
 
 @dataclass
@@ -369,6 +377,8 @@ def validate(cfg: PapConfig, source: str = "<config>") -> None:
         fail("train", "warmup_iters, eval_iters and eval_interval must be >= 0")
     if cfg.checkpoint.save_interval < 0:
         fail("checkpoint.save_interval", "must be >= 0")
+    if t.exit_signal is not None and not hasattr(signal, t.exit_signal):
+        fail("train.exit_signal", f"must be a signal name such as SIGUSR1 or null, got {t.exit_signal!r}")
     pr = cfg.prune
     if pr.enabled:
         if pr.target_params <= 0:

@@ -54,9 +54,12 @@ def init_distributed(tp: int, pp: int, seed: int, timeout_minutes: int = 30) -> 
             os.environ["MASTER_PORT"] = str(_free_port())
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
+        backend = "gloo"
+        if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            # Small bookkeeping collectives (loss means, exit requests, saliency vectors of
+            # the pruning schedule) use CPU tensors; they go over gloo, GPU tensors over NCCL.
+            backend = "cpu:gloo,cuda:nccl"
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
     world = dist.get_world_size()
     if world % (tp * pp):

@@ -47,6 +47,8 @@ class PruningHook:
         self.events_file = events_file
         self.removals: List[Removal] = []
         self._new_removals: List[Removal] = []
+        self.reached_now = False
+        """Set by the round that reaches the target; the trainer saves the `pruned` checkpoint."""
         trainer.after_backward_hooks.append(self.after_backward)
         trainer.after_step_hooks.append(self.after_step)
 
@@ -76,6 +78,7 @@ class PruningHook:
             self._record(trainer, removal)
             scores = scores_after(scores, removal)
         self.accumulator.reset()
+        self.reached_now = not self.active(trainer)
 
     def state_dict(self) -> dict:
         """The saliency window and the removals so far (this rank's share)."""

@@ -22,6 +22,7 @@ from pap.config import PapConfig
 from pap.data import Batches, build_datasets
 from pap.distributed import Topology, init_distributed
 from pap.errors import PapError
+from pap.exit_request import ExitRequest
 from pap.model import build_model
 from pap.progress import Progress
 
@@ -114,6 +115,7 @@ class Trainer:
                 self.pruning.load_state_dict(saved["pruning"])
             elif self.iteration and self.topo.rank == 0:
                 print("pap: the saliency window restarts (saved at another layout or not saved)", flush=True)
+        self.exit_request = ExitRequest(t.exit_file, t.exit_signal, self.topo.rank == 0)
 
     def rebuild(self, arch: Arch) -> None:
         """(Re)build this rank's model stage, DDP wrapper and optimizer for `arch`.
@@ -251,6 +253,9 @@ class Trainer:
             + (f"resumed from {self.resume.path} at iteration {self.iteration}" if self.iteration
                else f"weights from {(self.resume or self.init_from).path}" if (self.resume or self.init_from)
                else "fresh start"))
+        if self.pruning and not self.pruning.active(self) and not self.pruning.removals:
+            progress.print(f"pap: the model has no more than prune.target_params ({self.pruning.target:,}) "
+                           f"parameters already; training without pruning")
         window_loss, window_steps, window_seconds = 0.0, 0, 0.0
         last_saved = self.iteration if self.resume else None
         try:
@@ -277,11 +282,22 @@ class Trainer:
                 if cfg.train.eval_interval and self.iteration % cfg.train.eval_interval == 0 \
                         and self.iteration < cfg.train.iters:
                     self._report_validation(progress)
+                if self.pruning and self.pruning.reached_now:
+                    self.pruning.reached_now = False
+                    last_saved = self._pruning_done(progress, last_saved)
                 if cfg.checkpoint.dir and cfg.checkpoint.save_interval \
-                        and self.iteration % cfg.checkpoint.save_interval == 0:
+                        and self.iteration % cfg.checkpoint.save_interval == 0 and last_saved != self.iteration:
                     self.save()
                     last_saved = self.iteration
                     progress.print(f"saved checkpoint {checkpoint.iteration_dir(cfg.checkpoint.dir, self.iteration)}")
+                if self.exit_request.requested():
+                    if cfg.checkpoint.dir and last_saved != self.iteration:
+                        self.save()
+                    self.exit_request.acknowledge()
+                    progress.print(f"pap: exit requested: stopped at iteration {self.iteration}"
+                                   + (f", checkpoint {checkpoint.iteration_dir(cfg.checkpoint.dir, self.iteration)}"
+                                      if cfg.checkpoint.dir else " (no checkpoint.dir: nothing saved)"))
+                    return None
             final = self._report_validation(progress)
             if cfg.checkpoint.dir and cfg.checkpoint.save_at_end and last_saved != self.iteration:
                 self.save()
@@ -289,6 +305,22 @@ class Trainer:
             return final
         finally:
             progress.close()
+
+    def _pruning_done(self, progress: Progress, last_saved: Optional[int]) -> Optional[int]:
+        """Announce the end of the pruning stage and save the `pruned` checkpoint; returns the last save."""
+        progress.print(f"pap: pruning target reached at iteration {self.iteration} "
+                       f"({self.iteration * self.tokens_per_iter:,} tokens): {self.arch.num_params():,} parameters "
+                       f"(target {self.pruning.target:,}) after {len(self.pruning.removals)} removals; "
+                       f"continuing as plain pretraining")
+        if not (self.cfg.checkpoint.dir and self.cfg.checkpoint.save_pruned):
+            return last_saved
+        if last_saved != self.iteration:
+            self.save()
+        if self.topo.rank == 0:
+            link = checkpoint.tag(self.cfg.checkpoint.dir, self.iteration, "pruned")
+            progress.print(f"saved checkpoint {checkpoint.iteration_dir(self.cfg.checkpoint.dir, self.iteration)} "
+                           f"(tagged {link})")
+        return self.iteration
 
     def _report_validation(self, progress: Progress) -> Optional[float]:
         loss = self.evaluate()

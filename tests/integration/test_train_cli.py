@@ -186,12 +186,13 @@ def test_weighted_blend_trains(tmp_path, random_dataset):
 @pytest.mark.slow
 def test_pruning_run_logs_saves_and_resumes_pruned(tmp_path, random_dataset):
     """`pap.train` with pruning at TP=2: event log, pruning/* scalars, shape on the progress
-    line, and a checkpoint that resumes into the pruned architecture."""
+    line, the `pruned` checkpoint at the target, and resuming into the pruned architecture."""
     run_dir = tmp_path / "run"
     cfg = tiny_config(random_dataset, parallel={"tp": 2, "pp": 1},
                       train={"iters": 6, "warmup_iters": 1, "eval_iters": 1},
                       log={"interval": 2}, checkpoint={"dir": str(run_dir), "save_interval": 3},
-                      prune={"enabled": True, "target_params": 0.9, "min_kv_heads": 2, "min_ffn": 2})
+                      prune={"enabled": True, "target_params": 0.95, "prune_steps": 4,
+                             "min_kv_heads": 2, "min_ffn": 2})
     config = write_config(tmp_path / "c.yaml", cfg)
     out = run(2, config, log=tmp_path / "prune.log")
     events = [json.loads(l) for l in (run_dir / "pruning_events.jsonl").read_text().splitlines()]
@@ -200,6 +201,11 @@ def test_pruning_run_logs_saves_and_resumes_pruned(tmp_path, random_dataset):
     records = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
     params = [r["pruning/params"] for r in records if "pruning/params" in r]
     assert params == sorted(params, reverse=True) and params[-1] == events[-1]["params"]
+    reached = [l for l in out.splitlines() if l.startswith("pap: pruning target reached at iteration ")]
+    assert len(reached) == 1, out[-3000:]
+    tagged = run_dir / "pruned"
+    assert tagged.is_symlink() and json.loads((tagged / "pap_state.json").read_text())["iteration"] \
+        == events[-1]["iteration"]
     state = json.loads(next(run_dir.glob("iter_0000006/pap_state.json")).read_text())
     assert sum(map(sum, state["arch"]["heads_per_group"])) < 16 or state["arch"]["ffn"][0] < 128 \
         or state["arch"]["hidden_size"] < 64
@@ -243,6 +249,39 @@ def test_sigkill_mid_pruning_resumes_with_the_same_decisions(tmp_path, random_da
     for iteration in range(saved + 1, iters + 1):
         assert resumed[iteration] == pytest.approx(reference[iteration], abs=1e-6), iteration
 
+
+
+def test_exit_file_saves_and_stops_then_the_run_goes_on(tmp_path, random_dataset):
+    """An exit file present after step 1 stops both ranks there with a checkpoint and is
+    removed; started again, the run trains on to the end."""
+    run_dir, exit_file = tmp_path / "run", tmp_path / "stop-now"
+    exit_file.touch()
+    cfg = tiny_config(random_dataset, parallel={"tp": 2, "pp": 1}, train={"iters": 3, "eval_iters": 0},
+                      checkpoint={"dir": str(run_dir)})
+    config = write_config(tmp_path / "c.yaml", cfg)
+    out = run(2, config, f"train.exit_file={exit_file}", log=tmp_path / "first.log")
+    assert "pap: exit requested: stopped at iteration 1" in out
+    assert (run_dir / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
+    assert not exit_file.exists()
+    out = run(2, config, f"train.exit_file={exit_file}", log=tmp_path / "second.log")
+    assert "resumed from" in out and sorted(step_losses(run_dir / "metrics.jsonl")) == [1, 2, 3]
+
+
+def test_exit_signal_saves_and_stops(tmp_path, random_dataset):
+    """SIGUSR1 sent to a training process: checkpoint at the step it lands on, exit status 0."""
+    run_dir = tmp_path / "run"
+    cfg = tiny_config(random_dataset, train={"iters": 100000, "eval_iters": 0}, checkpoint={"dir": str(run_dir)})
+    log = tmp_path / "run.log"
+    proc = launch(1, write_config(tmp_path / "c.yaml", cfg), log=log)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    stopped = int(log.read_text().split("pap: exit requested: stopped at iteration ")[1].split(",")[0])
+    assert 2 <= stopped < 100000
+    assert (run_dir / "latest_checkpointed_iteration.txt").read_text().strip() == str(stopped)
 
 
 @pytest.mark.slow

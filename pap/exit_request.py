@@ -1,0 +1,50 @@
+"""Stopping a run cleanly on request: a signal or an exit file, agreed on by every rank.
+
+A preempted or time-limited Slurm job gets a warning signal some minutes before it is
+killed. torchrun's agent dies on signals it does not handle, so the launch scripts turn
+the warning into a file in the shared experiment directory (`train.exit_file`); processes
+started without torchrun may also be sent `train.exit_signal` directly. Either way only
+some ranks notice, so the verdict is all-reduced before anyone acts on it: every rank
+then saves the same checkpoint and leaves the loop at the same step.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+
+class ExitRequest:
+    """Watches for the exit signal and the exit file; `requested()` is collective."""
+
+    def __init__(self, exit_file: Optional[str], signal_name: Optional[str], is_rank0: bool):
+        self.exit_file = exit_file
+        self.is_rank0 = is_rank0
+        self.signalled = False
+        self.enabled = bool(exit_file or signal_name)
+        # Python can only install handlers from the main thread (not the case under some test runners).
+        if signal_name and threading.current_thread() is threading.main_thread():
+            signal.signal(getattr(signal, signal_name), self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.signalled = True
+
+    def requested(self) -> bool:
+        """True on every rank when any rank was signalled or rank 0 sees the exit file."""
+        if not self.enabled:
+            return False
+        local = self.signalled or (self.is_rank0 and self.exit_file is not None and os.path.exists(self.exit_file))
+        flag = torch.tensor([1 if local else 0], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def acknowledge(self) -> None:
+        """Remove the exit file (rank 0) so that the next start of the job trains on."""
+        self.signalled = False
+        if self.is_rank0 and self.exit_file and os.path.exists(self.exit_file):
+            os.remove(self.exit_file)
