@@ -23,10 +23,18 @@ data/embedded/stdlib_text_document.meta.json: $(STAMP)
 
 corpus: data/embedded/stdlib_text_document.meta.json
 
-# Trains configs/tiny.yaml (TP=2 x PP=2, 4 gloo processes on CPU); resumes if interrupted.
+# The main job on the embedded default, 4 gloo processes on CPU; each step resumes if interrupted:
+# train a 5.0M-parameter source (configs/tiny.yaml, TP=2 x PP=2), prune it to half while
+# pretraining (configs/tiny_pap.yaml, TP=2 x DP=2), plot the pruning, export the pruned
+# model to Hugging Face and generate with transformers.
+TORCHRUN := OMP_NUM_THREADS=1 PYTHONWARNINGS=ignore $(VENV)/bin/torchrun --nproc-per-node $(NPROC)
 demo: corpus
-	OMP_NUM_THREADS=1 PYTHONWARNINGS=ignore $(VENV)/bin/torchrun --nproc-per-node $(NPROC) -m pap.train --config configs/tiny.yaml
-	@echo "checkpoints and TensorBoard logs: runs/tiny  (tensorboard --logdir runs/tiny/tensorboard)"
+	$(TORCHRUN) -m pap.train --config configs/tiny.yaml
+	$(TORCHRUN) -m pap.train --config configs/tiny_pap.yaml
+	$(PY) -m pap.plot runs/tiny_pap
+	$(PY) -m pap.convert mcore-to-hf --ckpt runs/tiny_pap --out runs/tiny_pap/hf --tokenizer data/embedded
+	PYTHONWARNINGS=ignore $(PY) -m pap.generate runs/tiny_pap/hf
+	@echo "runs/tiny (source), runs/tiny_pap (pruned: checkpoints, pruning_events.jsonl, pruning.png, hf/)"
 
 # The whole suite, slow tests included (what CI runs).
 test: $(STAMP)

@@ -69,17 +69,34 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def rank_state_file(rank: int) -> str:
-    return f"rank_state_{rank:05d}.pt"
+def rank_state_file(tp_rank: int, pp_rank: int, dp_rank: int) -> str:
+    """Named by parallel coordinates, so a run with another DP size finds its replica's file."""
+    return f"rank_state_tp{tp_rank:03d}_pp{pp_rank:03d}_dp{dp_rank:05d}.pt"
+
+
+def _coordinates() -> tuple:
+    from megatron.core import parallel_state as ps
+
+    return (ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank(),
+            ps.get_data_parallel_rank())
 
 
 def load_rank_state(resume: ResumeState, layout: dict) -> Optional[dict]:
-    """This rank's saved `rank_state`, or None when there is none or the layout changed."""
-    path = resume.path / rank_state_file(dist.get_rank())
-    same_layout = all(resume.layout.get(k) == layout[k] for k in ("tp", "pp", "dp"))
-    if not same_layout or not path.is_file():
+    """This rank's saved `rank_state`, or None when there is none or its layout cannot be mapped.
+
+    Same TP and PP: the file of the same coordinates. When only the DP size changed and
+    neither run shards optimizer state over DP, every DP replica saved the same state
+    (gradients are all-reduced before anything reads them), so DP replica 0's file serves.
+    """
+    if any(resume.layout.get(k) != layout[k] for k in ("tp", "pp")):
         return None
-    return torch.load(path, weights_only=False)
+    tp_rank, pp_rank, dp_rank = _coordinates()
+    if resume.layout.get("dp") != layout["dp"]:
+        if resume.layout.get("distributed_optimizer") or layout.get("distributed_optimizer"):
+            return None
+        dp_rank = 0
+    path = resume.path / rank_state_file(tp_rank, pp_rank, dp_rank)
+    return torch.load(path, weights_only=False) if path.is_file() else None
 
 
 def find_latest(root: Optional[str]) -> Optional[ResumeState]:
@@ -187,7 +204,7 @@ def save(root: str, iteration: int, consumed_samples: int, arch: Arch, model, op
     dist_checkpointing.save(_full_tensors(model, optimizer, is_loading=False), str(partial))
     adam_step = current_adam_step(optimizer) if optimizer is not None else None
     if rank_state is not None:
-        torch.save(rank_state, partial / rank_state_file(rank))
+        torch.save(rank_state, partial / rank_state_file(*_coordinates()))
     dist.barrier()
     if rank == 0:
         state = {

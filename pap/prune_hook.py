@@ -16,9 +16,9 @@ from typing import List, Optional
 import torch
 
 from pap.pruning.accumulator import SaliencyAccumulator
-from pap.pruning.select import Floors, GroupScores, Removal, choose
+from pap.pruning.select import Floors, GroupScores, Removal, choose, remove_from_arch
 from pap.sharding.reduce_saliency import global_scores
-from pap.sharding.reshard import apply_removal
+from pap.sharding.reshard import apply_removals
 
 
 def _drop(vector: torch.Tensor, index: int) -> torch.Tensor:
@@ -66,17 +66,21 @@ class PruningHook:
             return
         scores = global_scores(self.accumulator, trainer.arch.num_layers,
                                dp_sharded=trainer.cfg.parallel.distributed_optimizer)
-        for _ in range(self.cfg.prune_steps):
-            if not self.active(trainer):
-                break
-            removal = choose(scores, trainer.arch, self.cfg.normalize, self.floors)
+        # Choose the round's removals on the Arch alone, then cut them all in one rebuild.
+        arch, chosen = trainer.arch, []
+        while len(chosen) < self.cfg.prune_steps and arch.num_params() > self.target:
+            removal = choose(scores, arch, self.cfg.normalize, self.floors)
             if removal is None:
                 break
-            apply_removal(trainer, removal)
+            arch = remove_from_arch(arch, removal)
+            chosen.append((removal, arch))
+            scores = scores_after(scores, removal)
+        if chosen:
+            apply_removals(trainer, [removal for removal, _ in chosen])
+        for removal, after in chosen:
             self.removals.append(removal)
             self._new_removals.append(removal)
-            self._record(trainer, removal)
-            scores = scores_after(scores, removal)
+            self._record(trainer, removal, after)
         self.accumulator.reset()
         self.reached_now = not self.active(trainer)
 
@@ -122,14 +126,14 @@ class PruningHook:
         return (f"params {arch.num_params() / 1e6:.2f}M heads {arch.num_heads(0)} "
                 f"kv {arch.num_kv_heads(0)} ffn {arch.ffn[0]} hidden {arch.hidden_size}")
 
-    def _record(self, trainer, removal: Removal) -> None:
-        arch = trainer.arch
+    def _record(self, trainer, removal: Removal, arch) -> None:
+        """Log one removal; `arch` is the shape right after it."""
         event = {"iteration": trainer.iteration, "tokens": trainer.iteration * trainer.tokens_per_iter,
                  **removal.to_dict(), "params": arch.num_params(), "heads": arch.num_heads(0),
                  "kv_heads": [arch.num_kv_heads(l) for l in range(arch.num_layers)], "ffn": arch.ffn[0],
                  "hidden": arch.hidden_size}
         if trainer.topo.rank == 0:
-            reached = "" if self.active(trainer) else " (target reached)"
+            reached = " (target reached)" if arch.num_params() <= self.target else ""
             print(f"pruned {removal.kind} {list(removal.indices)} at iteration {trainer.iteration}: "
                   f"{arch.num_params():,} params, heads {arch.num_heads(0)}, ffn {arch.ffn[0]}, "
                   f"hidden {arch.hidden_size}{reached}", flush=True)

@@ -251,6 +251,34 @@ def test_sigkill_mid_pruning_resumes_with_the_same_decisions(tmp_path, random_da
 
 
 
+@pytest.mark.slow
+def test_mid_window_resume_at_another_data_parallel_size(tmp_path, random_dataset):
+    """A DP=2 checkpoint saved inside a saliency window (grad_steps=2, step 3) resumes at
+    DP=1 with the saved window: the removals and losses follow the uninterrupted DP=2 run."""
+    import shutil
+
+    cfg = tiny_config(random_dataset, train={"iters": 8, "warmup_iters": 1, "eval_iters": 0},
+                      checkpoint={"dir": str(tmp_path / "dp2"), "save_interval": 3},
+                      prune={"enabled": True, "target_params": 0.5, "grad_steps": 2, "prune_steps": 2})
+    run(2, write_config(tmp_path / "dp2.yaml", cfg), log=tmp_path / "dp2.log")
+    reference_events = [json.loads(l) for l in (tmp_path / "dp2" / "pruning_events.jsonl").read_text().splitlines()]
+    reference = step_losses(tmp_path / "dp2" / "metrics.jsonl")
+    resumed_dir = tmp_path / "dp1"
+    resumed_dir.mkdir()
+    shutil.copytree(tmp_path / "dp2" / "iter_0000003", resumed_dir / "iter_0000003")
+    (resumed_dir / "pruning_events.jsonl").write_text("".join(
+        json.dumps(e) + "\n" for e in reference_events if e["iteration"] <= 3))
+    cfg["checkpoint"]["dir"] = str(resumed_dir)
+    out = run(1, write_config(tmp_path / "dp1.yaml", cfg), log=tmp_path / "dp1.log")
+    assert "at iteration 3" in out and "saliency window restarts" not in out
+    events = [json.loads(l) for l in (resumed_dir / "pruning_events.jsonl").read_text().splitlines()]
+    assert [(e["iteration"], e["kind"], e["indices"]) for e in events] == \
+        [(e["iteration"], e["kind"], e["indices"]) for e in reference_events]
+    resumed = step_losses(resumed_dir / "metrics.jsonl")
+    for iteration in range(4, 9):
+        assert resumed[iteration] == pytest.approx(reference[iteration], abs=1e-4), iteration
+
+
 def test_exit_file_saves_and_stops_then_the_run_goes_on(tmp_path, random_dataset):
     """An exit file present after step 1 stops both ranks there with a checkpoint and is
     removed; started again, the run trains on to the end."""
