@@ -18,7 +18,7 @@ from pathlib import Path
 from pap.errors import PapError
 
 
-def generate(hf_dir: str, prompt: str, max_new_tokens: int = 32) -> str:
+def generate(hf_dir: str, prompt: str, max_new_tokens: int = 32, report=print) -> str:
     """Greedy continuation of `prompt` by the model in `hf_dir` (decoded, prompt excluded)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -31,9 +31,11 @@ def generate(hf_dir: str, prompt: str, max_new_tokens: int = 32) -> str:
         raise PapError(f"{hf_dir}: no tokenizer files; export again with --tokenizer pointing at the tokenizer")
     # Remote code is pap's own (copied by the exporter), needed for per-layer / cluster shapes.
     remote = "auto_map" in json.loads((path / "config.json").read_text())
-    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir, trust_remote_code=remote)
     model = AutoModelForCausalLM.from_pretrained(hf_dir, trust_remote_code=remote, dtype=torch.float32)
     model.eval()
+    report(f"transformers loaded {type(model).__name__} from {hf_dir}: "
+           f"{sum(p.numel() for p in model.parameters()):,} parameters")
     inputs = tokenizer(prompt, return_tensors="pt")
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
@@ -44,7 +46,7 @@ def generate(hf_dir: str, prompt: str, max_new_tokens: int = 32) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="pap.generate", description=__doc__.split("\n\n")[0])
     parser.add_argument("hf_dir", help="directory written by `pap.convert mcore-to-hf`")
-    parser.add_argument("--prompt", default="import os\n\ndef ", help="text to continue")
+    parser.add_argument("--prompt", default="def ", help="text to continue")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     args = parser.parse_args(argv)
     try:

@@ -198,3 +198,29 @@ def test_training_starts_from_converted_weights(tmp_path, random_dataset):
     result = subprocess.run([sys.executable, "-m", "pap.train", "--config", str(bad)], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 2 and "model.norm_eps is 1e-05 there" in result.stderr
+
+
+def test_generate_on_a_pruned_export_follows_the_reference_model(tmp_path):
+    """`pap.generate` (transformers alone, remote code) continues a prompt exactly as greedy
+    decoding with the test's direct implementation of the pruned model does."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from pap.config import ModelConfig
+    from pap.generate import generate
+    from pap.hf.convert import write_hf_dir
+
+    arch = pruned_arch()
+    full = random_full_state(arch, seed=5)
+    out = write_hf_dir(full, arch, ModelConfig(vocab_size=300), str(tmp_path / "hf"), torch.float32)
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    text = ["def add(a, b):\n    return a + b\n", "import os\nprint(os.getcwd())\n"] * 50
+    tokenizer.train_from_iterator(text, trainers.BpeTrainer(vocab_size=290, show_progress=False,
+                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer.save(str(out / "tokenizer.json"))
+    prompt = "def add(a"
+    ids = torch.tensor([tokenizer.encode(prompt).ids])
+    for _ in range(6):
+        ids = torch.cat([ids, reference_logits(full, arch, ids)[:, -1, :300].argmax(-1, keepdim=True)], dim=1)
+    expected = tokenizer.decode(ids[0, len(tokenizer.encode(prompt).ids):].tolist())
+    assert expected and generate(str(out), prompt, max_new_tokens=6, report=lambda _: None) == expected
