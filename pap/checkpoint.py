@@ -25,7 +25,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -184,11 +184,13 @@ def _load_full(path: Path, model, optimizer, adam_step) -> None:
 
 
 def save(root: str, iteration: int, consumed_samples: int, arch: Arch, model, optimizer,
-         scheduler, layout: dict, config: dict, rank_state: Optional[dict] = None) -> Path:
+         scheduler, layout: dict, config: dict, rank_state: Optional[dict] = None,
+         write_extra: Optional[Callable[[Path], None]] = None) -> Path:
     """Write checkpoint `iteration` on every rank (collective); returns its final path.
 
     With `optimizer` and `scheduler` None, the checkpoint holds weights only. `rank_state`
     is this rank's own state (e.g. the pruning saliency window), reloadable at the same layout.
+    `write_extra(directory)` runs on every rank before the checkpoint is made visible.
     """
     from megatron.core import dist_checkpointing
 
@@ -205,6 +207,8 @@ def save(root: str, iteration: int, consumed_samples: int, arch: Arch, model, op
     adam_step = current_adam_step(optimizer) if optimizer is not None else None
     if rank_state is not None:
         torch.save(rank_state, partial / rank_state_file(*_coordinates()))
+    if write_extra is not None:
+        write_extra(partial)
     dist.barrier()
     if rank == 0:
         state = {

@@ -100,11 +100,16 @@ class PruningHook:
                 f.writelines(kept)
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore this rank's own saved state (same layout as the save)."""
         self.accumulator.load_state_dict(state["accumulator"])
-        self.target = state["target"]
+        self.restore_removals(state["target"], state["removals"])
+
+    def restore_removals(self, target: int, removals: List[dict]) -> None:
+        """The target and the removals so far, as saved (`Removal.to_dict` form)."""
+        self.target = target
         self.removals = [Removal(r["kind"], tuple(r["indices"]), r["score"],
                                  tuple(r["candidates"][k] for k in ("attn", "ffn", "stem")))
-                         for r in state["removals"]]
+                         for r in removals]
 
     def scalars(self, trainer) -> dict:
         """TensorBoard `pruning/*` scalars for this step (shape; saliencies when a round ran)."""

@@ -110,12 +110,24 @@ class Trainer:
             self.pruning = PruningHook(self, events)
             if self.iteration and self.topo.rank == 0:
                 self.pruning.truncate_events(self.iteration)
-            saved = checkpoint.load_rank_state(self.resume, self.layout) if self.iteration else None
-            if saved is not None:
-                self.pruning.load_state_dict(saved["pruning"])
-            elif self.iteration and self.topo.rank == 0:
-                print("pap: the saliency window restarts (saved at another layout or not saved)", flush=True)
+            if self.iteration:
+                self._restore_pruning_window()
         self.exit_request = ExitRequest(t.exit_file, t.exit_signal, self.topo.rank == 0)
+
+    def _restore_pruning_window(self) -> None:
+        """The saliency window of the checkpoint: this rank's own state when the layout maps
+        onto the saved one (bit-exact), else its share of the layout-free copy."""
+        from pap.sharding.portable_window import load_window
+
+        saved = checkpoint.load_rank_state(self.resume, self.layout)
+        if saved is not None:
+            self.pruning.load_state_dict(saved["pruning"])
+        elif load_window(self.pruning, self, self.resume.path):
+            if self.topo.rank == 0:
+                print(f"pap: saliency window restored at a new layout ({self.pruning.accumulator.steps} steps)",
+                      flush=True)
+        elif self.topo.rank == 0:
+            print("pap: the saliency window restarts (not saved, or saved for another metric)", flush=True)
 
     def rebuild(self, arch: Arch) -> None:
         """(Re)build this rank's model stage, DDP wrapper and optimizer for `arch`.
@@ -232,9 +244,15 @@ class Trainer:
         return sum(losses) / len(losses)
 
     def save(self) -> None:
+        """Checkpoint this iteration (collective), with the pruning window when pruning."""
+        from pap.sharding.portable_window import save_window
+
+        pruning = self.pruning
+        write_window = (lambda directory: save_window(pruning, self, directory)) if pruning else None
         checkpoint.save(self.cfg.checkpoint.dir, self.iteration, self.consumed_samples, self.arch,
                         self.model.module, self.optimizer, self.scheduler, self.layout, self.cfg.to_dict(),
-                        rank_state={"pruning": self.pruning.state_dict()} if self.pruning else None)
+                        rank_state={"pruning": self.pruning.state_dict()} if self.pruning else None,
+                        write_extra=write_window)
 
     # ---- the loop --------------------------------------------------------------------------
     def run(self) -> Optional[float]:

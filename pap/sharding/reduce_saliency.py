@@ -40,15 +40,16 @@ def _sum_dp(vector: torch.Tensor) -> torch.Tensor:
     return vector
 
 
-def global_scores(acc: SaliencyAccumulator, num_layers: int, dp_sharded: bool = False) -> GroupScores:
+def global_scores(acc: SaliencyAccumulator, num_layers: int, dp_sharded: bool = False,
+                  mean: bool = True) -> GroupScores:
     """Mean (over the window's steps) group scores of the whole model, on every rank.
 
     `dp_sharded`: each DP rank scored only the gradient ranges it owns (distributed
-    optimizer), so the partial vectors are first summed over DP.
+    optimizer), so the partial vectors are first summed over DP. `mean=False`: the sums.
     """
     from megatron.core import parallel_state as ps
 
-    steps = max(acc.steps, 1)
+    steps = max(acc.steps, 1) if mean else 1
     local_attn, local_ffn, local_stem = acc.attn, acc.ffn, acc.stem
     if dp_sharded:
         local_attn = {l: _sum_dp(v) for l, v in sorted(local_attn.items())}

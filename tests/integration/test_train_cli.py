@@ -251,31 +251,68 @@ def test_sigkill_mid_pruning_resumes_with_the_same_decisions(tmp_path, random_da
 
 
 
+def events_of(run_dir: Path) -> list:
+    return [json.loads(l) for l in (run_dir / "pruning_events.jsonl").read_text().splitlines()]
+
+
+def resume_copy(tmp_path: Path, source: Path, iteration: int, name: str, cfg: dict, nproc: int):
+    """Resume a copy of `source`'s checkpoint `iteration` with `cfg` on `nproc` processes.
+
+    Returns (console output, removals, step losses) of the resumed run."""
+    import shutil
+
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    shutil.copytree(source / f"iter_{iteration:07d}", run_dir / f"iter_{iteration:07d}")
+    (run_dir / "pruning_events.jsonl").write_text("".join(
+        json.dumps(e) + "\n" for e in events_of(source) if e["iteration"] <= iteration))
+    cfg = {**cfg, "checkpoint": {**cfg["checkpoint"], "dir": str(run_dir)}}
+    out = run(nproc, write_config(tmp_path / f"{name}.yaml", cfg), log=tmp_path / f"{name}.log")
+    assert f"at iteration {iteration}" in out and "saliency window restarts" not in out
+    return out, events_of(run_dir), step_losses(run_dir / "metrics.jsonl")
+
+
+def decisions(events: list) -> list:
+    return [(e["iteration"], e["kind"], e["indices"]) for e in events]
+
+
 @pytest.mark.slow
 def test_mid_window_resume_at_another_data_parallel_size(tmp_path, random_dataset):
     """A DP=2 checkpoint saved inside a saliency window (grad_steps=2, step 3) resumes at
     DP=1 with the saved window: the removals and losses follow the uninterrupted DP=2 run."""
-    import shutil
-
     cfg = tiny_config(random_dataset, train={"iters": 8, "warmup_iters": 1, "eval_iters": 0},
                       checkpoint={"dir": str(tmp_path / "dp2"), "save_interval": 3},
                       prune={"enabled": True, "target_params": 0.5, "grad_steps": 2, "prune_steps": 2})
     run(2, write_config(tmp_path / "dp2.yaml", cfg), log=tmp_path / "dp2.log")
-    reference_events = [json.loads(l) for l in (tmp_path / "dp2" / "pruning_events.jsonl").read_text().splitlines()]
     reference = step_losses(tmp_path / "dp2" / "metrics.jsonl")
-    resumed_dir = tmp_path / "dp1"
-    resumed_dir.mkdir()
-    shutil.copytree(tmp_path / "dp2" / "iter_0000003", resumed_dir / "iter_0000003")
-    (resumed_dir / "pruning_events.jsonl").write_text("".join(
-        json.dumps(e) + "\n" for e in reference_events if e["iteration"] <= 3))
-    cfg["checkpoint"]["dir"] = str(resumed_dir)
-    out = run(1, write_config(tmp_path / "dp1.yaml", cfg), log=tmp_path / "dp1.log")
-    assert "at iteration 3" in out and "saliency window restarts" not in out
-    events = [json.loads(l) for l in (resumed_dir / "pruning_events.jsonl").read_text().splitlines()]
-    assert [(e["iteration"], e["kind"], e["indices"]) for e in events] == \
-        [(e["iteration"], e["kind"], e["indices"]) for e in reference_events]
-    resumed = step_losses(resumed_dir / "metrics.jsonl")
+    out, events, resumed = resume_copy(tmp_path, tmp_path / "dp2", 3, "dp1", cfg, 1)
+    assert "restored at a new layout" not in out  # DP replica 0's own state serves
+    assert decisions(events) == decisions(events_of(tmp_path / "dp2"))
     for iteration in range(4, 9):
+        assert resumed[iteration] == pytest.approx(reference[iteration], abs=1e-4), iteration
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["pp2", "dp2_distributed_optimizer"])
+def test_mid_window_resume_at_another_tp_pp_layout(layout, tmp_path, random_dataset):
+    """A TP=2 run (metric mix, so Fisher sums too) saved one step into a three-step window
+    resumes at PP=2, or at DP=2 with the distributed optimizer, from the layout-free window:
+    the same removals and the same losses as the uninterrupted TP=2 run."""
+    cfg = tiny_config(random_dataset, parallel={"tp": 2, "pp": 1},
+                      train={"iters": 10, "warmup_iters": 1, "eval_iters": 0},
+                      checkpoint={"dir": str(tmp_path / "tp2"), "save_interval": 4},
+                      prune={"enabled": True, "metric": "mix", "target_params": 0.5, "grad_steps": 3,
+                             "prune_steps": 3, "min_kv_heads": 2, "min_ffn": 2})
+    run(2, write_config(tmp_path / "tp2.yaml", cfg), log=tmp_path / "tp2.log")
+    reference_events = events_of(tmp_path / "tp2")
+    assert {e["iteration"] for e in reference_events} == {3, 6, 9}
+    reference = step_losses(tmp_path / "tp2" / "metrics.jsonl")
+    cfg["parallel"] = ({"tp": 1, "pp": 2} if layout == "pp2" else
+                       {"tp": 1, "pp": 1, "distributed_optimizer": True})
+    out, events, resumed = resume_copy(tmp_path, tmp_path / "tp2", 4, layout, cfg, 2)
+    assert "saliency window restored at a new layout (1 steps)" in out
+    assert decisions(events) == decisions(reference_events)
+    for iteration in range(5, 11):
         assert resumed[iteration] == pytest.approx(reference[iteration], abs=1e-4), iteration
 
 
