@@ -119,6 +119,9 @@ class PruningHook:
                   "pruning/heads": sum(arch.num_heads(l) for l in layers) / arch.num_layers,
                   "pruning/kv_heads": sum(arch.num_kv_heads(l) for l in layers) / arch.num_layers,
                   "pruning/ffn": sum(arch.ffn) / arch.num_layers, "pruning/hidden": arch.hidden_size}
+        # Which types were removed: running counts per kind (a step's increments show that round's choice).
+        for kind in ("attn", "ffn", "stem"):
+            values[f"pruning/removed_{kind}"] = sum(r.kind == kind for r in self.removals)
         if self._new_removals:
             for kind, value in zip(("attn", "ffn", "stem"), self._new_removals[0].candidates):
                 if value != float("inf"):

@@ -201,6 +201,9 @@ def test_pruning_run_logs_saves_and_resumes_pruned(tmp_path, random_dataset):
     records = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
     params = [r["pruning/params"] for r in records if "pruning/params" in r]
     assert params == sorted(params, reverse=True) and params[-1] == events[-1]["params"]
+    last = [r for r in records if "pruning/params" in r][-1]
+    for kind in ("attn", "ffn", "stem"):
+        assert last[f"pruning/removed_{kind}"] == sum(e["kind"] == kind for e in events)
     reached = [l for l in out.splitlines() if l.startswith("pap: pruning target reached at iteration ")]
     assert len(reached) == 1, out[-3000:]
     tagged = run_dir / "pruned"
