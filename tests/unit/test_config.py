@@ -68,3 +68,19 @@ def test_blend_forms():
     assert parse_blend([0.3, "a", 0.7, "b"]) == (["a", "b"], [0.3, 0.7])
     with pytest.raises(ConfigError):
         parse_blend([0.3, "a", "b"])
+
+
+def test_demo_configs_load_and_chain():
+    """configs/tiny.yaml trains the source that configs/tiny_pap.yaml prunes: both validate,
+    and the pruning run's model settings and layout fit the source and 4 processes."""
+    from pathlib import Path
+
+    from pap.arch import Arch
+    from pap.trainer import ensure_world_fits
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    source, pruned = load_config(root / "tiny.yaml"), load_config(root / "tiny_pap.yaml")
+    assert pruned.prune.enabled and pruned.checkpoint.init_from == source.checkpoint.dir
+    assert Arch.from_model_config(pruned.model) == Arch.from_model_config(source.model)
+    for cfg in (source, pruned):
+        ensure_world_fits(cfg, 4)
