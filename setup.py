@@ -27,6 +27,7 @@ setup(
         "safetensors",
         "pyarrow",  # data_prep: .parquet inputs
         "zstandard",  # data_prep: .jsonl.zst inputs
+        "matplotlib",  # pap.plot
     ],
     extras_require={
         "hf": ["transformers"],
