@@ -46,10 +46,17 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config file (default: built-in defaults)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. parallel.tp=2 train.iters=6")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config as YAML and exit (nothing is checked on disk)")
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     try:
         cfg = load_config(args.config, args.overrides)
+        if args.print_config:
+            import yaml
+
+            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+            return 0
         preflight(cfg)
         _quiet_libraries()
         from pap.distributed import shutdown
