@@ -1,7 +1,7 @@
 #!/bin/bash
 # Pruning-aware pretraining, SmolLM-360M -> 134M (EfficientLLM-A-134M), on 4 nodes x 8 GPUs.
 #   sbatch launch/pap_134m.sh                          # from the pap checkout
-#   EXP_DIR=/shared/runs/pap_134m TP=2 sbatch launch/pap_134m.sh
+#   EXP_DIR=/shared/runs/pap_134m sbatch launch/pap_134m.sh
 #   PAP_DRY_RUN=1 bash launch/pap_134m.sh               # print what would run
 # Settings and preemption: launch/common.sh. From zero to a running job: docs/cluster.md.
 #SBATCH --job-name=pap_134m

@@ -5,35 +5,77 @@ from pathlib import Path
 import pytest
 
 from pap.arch import Arch
-from pap.config import load_config
+from pap.config import load_config, parse_blend
+from pap.pruning.select import Removal, remove_from_arch
 from pap.trainer import ensure_world_fits
 
-RECIPES = Path(__file__).resolve().parents[2] / "configs" / "recipes"
-# recipe -> (source parameters, target, pruning-aware tokens in the paper)
-EXPECTED = {"pap_134m": (361_821_120, 134e6, 50.3e9), "pap_469m": (1_711_376_384, 469e6, 72.1e9),
-            "pap_1.1b": (1_711_376_384, 1.1e9, 36.7e9)}
+REPO = Path(__file__).resolve().parents[2]
+RECIPES = REPO / "configs" / "recipes"
+TOKENS_PER_STEP = 2 ** 20  # the paper's "batchsize of 1M tokens"
+# recipe -> (source parameters: SmolLM-360M / SmolLM-1.7B, target, pruning-aware tokens, continued tokens)
+PAPER = {"pap_134m": (361_821_120, 134e6, 50.3e9, 500e9), "pap_469m": (1_711_376_384, 469e6, 72.1e9, 500e9),
+         "pap_1.1b": (1_711_376_384, 1.1e9, 36.7e9, 320e9)}
+# A CPU-sized model with the recipe's everything else (what a smoke run of a recipe overrides).
+SMALL = ["model.hidden_size=64", "model.num_layers=2", "model.num_attention_heads=4", "model.num_query_groups=2",
+         "model.ffn_hidden_size=128", "model.vocab_size=256", "model.params_dtype=fp32",
+         "model.transformer_impl=local", "train.global_batch_size=8", "train.micro_batch_size=2",
+         "train.iters=10", "train.warmup_iters=1", "train.eval_interval=0", "data.seq_length=32",
+         "prune.target_params=0.8", "checkpoint.init_from=null", "data.blend=[data/embedded/stdlib_text_document]"]
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_recipe(name):
+def smallest_group(arch: Arch) -> int:
+    """Parameters of the smallest minimal group (an FFN channel in every layer, for SmolLM)."""
+    sizes = []
+    for kind, indices in (("attn", (0,) * arch.num_layers), ("ffn", (0,) * arch.num_layers), ("stem", (0,))):
+        sizes.append(arch.num_params() - remove_from_arch(arch, Removal(kind, indices, 0.0, ())).num_params())
+    return min(sizes)
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_recipe_is_the_papers_run(name):
     cfg = load_config(RECIPES / f"{name}.yaml")
-    source_params, target, pruning_tokens = EXPECTED[name]
-    assert Arch.from_model_config(cfg.model).num_params() == source_params  # SmolLM-360M / -1.7B
-    assert cfg.prune.enabled and cfg.prune.target_params == target < source_params
+    source, target, pruning_tokens, continued_tokens = PAPER[name]
+    arch = Arch.from_model_config(cfg.model)
+    assert arch.num_params() == source
+    assert cfg.prune.enabled and cfg.prune.target_params == target < source
     tokens_per_step = cfg.train.global_batch_size * cfg.data.seq_length
-    assert tokens_per_step == 2 ** 20  # the paper's ~1M-token batch
-    assert cfg.train.iters * tokens_per_step > pruning_tokens  # room for the pruning stage and more
-    assert cfg.checkpoint.init_from and cfg.checkpoint.dir.startswith("runs/")
-    for gpus in (32, 64):  # 4 or 8 nodes of 8 GPUs
+    assert tokens_per_step == TOKENS_PER_STEP
+    # train.iters covers both stages, to the step.
+    assert round((pruning_tokens + continued_tokens) / tokens_per_step, -2) == cfg.train.iters
+    # The schedule can take the paper's pruning-stage tokens: even if every removal were the
+    # smallest group (the most removals there can be), k steps per removal reach that count,
+    # without overshooting it by more than a quarter.
+    most_removals = (source - target) / smallest_group(arch)
+    longest_stage = most_removals * cfg.prune.grad_steps / cfg.prune.prune_steps * tokens_per_step
+    assert pruning_tokens <= longest_stage <= 1.25 * pruning_tokens
+    assert cfg.prune.metric == "mix"  # EfficientLLM-A
+    assert cfg.checkpoint.init_from.startswith("ckpt/smollm-") and cfg.checkpoint.dir == f"runs/{name}"
+    for gpus in (32, 64):  # 4 or 8 nodes of 8 GPUs (512 sequences do not split over 5-7 nodes)
         ensure_world_fits(cfg, gpus)
 
 
-def test_recipe_scales_down_by_overrides():
-    """A recipe runs as a CPU smoke test with overrides only (what the launch tests do)."""
-    cfg = load_config(RECIPES / "pap_469m.yaml", [
-        "model.hidden_size=64", "model.num_layers=2", "model.num_attention_heads=4", "model.num_query_groups=2",
-        "model.ffn_hidden_size=128", "model.params_dtype=fp32", "train.global_batch_size=8",
-        "train.micro_batch_size=2", "train.iters=10", "train.warmup_iters=1", "data.seq_length=32",
-        "prune.target_params=0.8"])
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_recipe_blend_is_the_smollm_mix(name):
+    from data_prep.blend import read_blend_file
+
+    prefixes, weights = parse_blend(load_config(RECIPES / f"{name}.yaml").data.blend)
+    assert list(zip(weights, prefixes)) == read_blend_file(str(REPO / "configs" / "smollm.blend"))
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_recipe_scales_down_by_overrides(name):
+    """A recipe runs as a CPU smoke test with overrides only, at TP=1 and TP=2."""
+    cfg = load_config(RECIPES / f"{name}.yaml", SMALL)
+    assert Arch.from_model_config(cfg.model).num_params() < 100_000
+    assert (cfg.prune.grad_steps, cfg.prune.metric) == (load_config(RECIPES / f"{name}.yaml").prune.grad_steps, "mix")
+    ensure_world_fits(cfg, 1)
+    cfg = load_config(RECIPES / f"{name}.yaml", SMALL + ["parallel.tp=2", "prune.min_kv_heads=2", "prune.min_ffn=2"])
     ensure_world_fits(cfg, 2)
-    assert cfg.prune.grad_steps == 9 and cfg.parallel.tp == 2
+
+
+@pytest.mark.parametrize("name", ["pap_469m", "pap_1.1b"])
+def test_1_7b_recipes_allow_tp2_as_is(name):
+    """The floors already allow `TP=2` from the launch scripts without more overrides."""
+    cfg = load_config(RECIPES / f"{name}.yaml", ["parallel.tp=2"])
+    for gpus in (32, 64):
+        ensure_world_fits(cfg, gpus)
