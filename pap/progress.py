@@ -3,9 +3,33 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Optional
+
+
+def truncate_jsonl(path: Optional[str], iteration: int) -> None:
+    """Keep the records of `path` up to `iteration` (a resumed run writes the later ones again).
+
+    A half-written last line, left by a process killed mid-write, goes too. The file is
+    replaced atomically, so a crash here loses nothing.
+    """
+    if not path or not os.path.isfile(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("iteration", 0) <= iteration:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    staging = f"{path}.tmp"
+    with open(staging, "w") as f:
+        f.writelines(kept)
+    os.replace(staging, path)
 
 
 def format_elapsed(seconds: float) -> str:

@@ -91,13 +91,9 @@ class PruningHook:
 
     def truncate_events(self, iteration: int) -> None:
         """Drop logged removals after `iteration` (a resumed run makes them again)."""
-        import os
+        from pap.progress import truncate_jsonl
 
-        if self.events_file and os.path.isfile(self.events_file):
-            with open(self.events_file) as f:
-                kept = [line for line in f if json.loads(line)["iteration"] <= iteration]
-            with open(self.events_file, "w") as f:
-                f.writelines(kept)
+        truncate_jsonl(self.events_file, iteration)
 
     def load_state_dict(self, state: dict) -> None:
         """Restore this rank's own saved state (same layout as the save)."""

@@ -24,7 +24,7 @@ from pap.distributed import Topology, init_distributed
 from pap.errors import PapError
 from pap.exit_request import ExitRequest
 from pap.model import build_model
-from pap.progress import Progress
+from pap.progress import Progress, truncate_jsonl
 
 
 @dataclass
@@ -264,6 +264,7 @@ class Trainer:
             for path in (tb_dir, metrics and os.path.dirname(metrics)):
                 if path:
                     os.makedirs(path, exist_ok=True)
+            truncate_jsonl(metrics, self.iteration)
         progress = Progress(self.topo.rank == 0, cfg.train.iters, tb_dir, metrics)
         progress.print(
             f"pap: {self.arch.num_params():,} parameters | tp={self.topo.tp} pp={self.topo.pp} dp={self.topo.dp} | "

@@ -249,6 +249,9 @@ def test_sigkill_mid_pruning_resumes_with_the_same_decisions(tmp_path, random_da
     assert "saliency window restarts" not in out
     assert (tmp_path / "killed" / "pruning_events.jsonl").read_text().splitlines() == reference_events
     resumed = step_losses(tmp_path / "killed" / "metrics.jsonl")
+    steps = [r["iteration"] for r in map(json.loads, (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines())
+             if "lm loss" in r]
+    assert steps == list(range(1, iters + 1)), "steps after the checkpoint are logged once, by the resumed run"
     for iteration in range(saved + 1, iters + 1):
         assert resumed[iteration] == pytest.approx(reference[iteration], abs=1e-6), iteration
 
