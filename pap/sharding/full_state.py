@@ -19,13 +19,22 @@ TIED_OUTPUT = "output_layer.weight"
 EMBEDDING = "embedding.word_embeddings.weight"
 
 
+# Transformer Engine fuses each RMSNorm into the linear layer after it, and names its
+# weight there. Those weights go by the local layers' names everywhere pap names tensors
+# (checkpoints, pruning, initialisation), so TE and local runs share checkpoints.
+TE_TO_LOCAL = {"self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
+               "mlp.linear_fc1.layer_norm_weight": "pre_mlp_layernorm.weight"}
+
+
 def global_name(model, local_name: str) -> str:
-    """`decoder.layers.<local>.x` -> `decoder.layers.<global>.x` (PP stage offset applied)."""
+    """`decoder.layers.<local>.x` -> `decoder.layers.<global>.x` (PP stage offset applied),
+    with Transformer Engine's fused-norm names mapped to the local layers' (`TE_TO_LOCAL`)."""
     match = _LAYER.match(local_name)
     if not match:
         return local_name
     layer = model.decoder.layers[int(match.group(1))]
-    return f"decoder.layers.{layer.layer_number - 1}.{match.group(2)}"
+    leaf = TE_TO_LOCAL.get(match.group(2), match.group(2))
+    return f"decoder.layers.{layer.layer_number - 1}.{leaf}"
 
 
 def _tp_info(param):
