@@ -115,7 +115,7 @@ def build_datasets(cfg: PapConfig, train_samples: int, valid_samples: int, cache
 
 
 class Batches:
-    """Micro batches of one data-parallel rank for a given global iteration."""
+    """Micro batches of one data-parallel rank for a given global batch."""
 
     FIELDS = ("tokens", "labels", "loss_mask", "position_ids")
 
@@ -131,9 +131,10 @@ class Batches:
         self.dp_size = dp_size
         self.num_microbatches = global_batch_size // per_step
 
-    def microbatches(self, iteration: int) -> List[Dict[str, torch.Tensor]]:
-        """The micro batches this rank processes at `iteration` (0-based)."""
-        start = iteration * self.global_batch_size
+    def microbatches(self, consumed_samples: int) -> List[Dict[str, torch.Tensor]]:
+        """The micro batches this rank processes for the global batch that starts after
+        `consumed_samples` samples (iteration i starts at i * global_batch_size)."""
+        start = consumed_samples
         out = []
         for m in range(self.num_microbatches):
             first = start + (m * self.dp_size + self.dp_rank) * self.micro_batch_size
