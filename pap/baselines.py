@@ -1,0 +1,120 @@
+"""The baselines pruning-aware pretraining is compared with, as weights-only checkpoints.
+
+    python -m pap.baselines oneshot --config CFG --source CKPT --target 0.35 --calib-batches 8 --out OUT
+    python -m pap.baselines scratch --config CFG --arch-from CKPT --out OUT
+
+* `oneshot`: post-training pruning in one go, LLM-Pruner style, with pap's own metric and
+  minimal groups. The saliency of the source model is accumulated over `--calib-batches`
+  global batches of the training data (gradients, no update), then groups are removed
+  one after another, each choice seeing the scores of the groups still there, until the
+  parameter target. The scores are never recomputed: that is what separates it from
+  pruning-aware pretraining, where training and removal interleave.
+* `scratch`: the architecture of a checkpoint (e.g. a pruning-aware run's final shape),
+  freshly initialised as any pap model is, to train from scratch.
+
+Both write a weights-only checkpoint that `checkpoint.init_from` starts a run from. They
+run in one process (TP=1), like the converters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+
+from pap import checkpoint
+from pap.config import load_config
+from pap.errors import PapError
+
+
+def _one_process_config(config: str, overrides):
+    cfg = load_config(config, list(overrides))
+    return replace(cfg, parallel=replace(cfg.parallel, tp=1, pp=1, distributed_optimizer=False))
+
+
+def oneshot(config: str, source: str, target: float, calib_batches: int, out: str, overrides=()) -> dict:
+    """Prune `source` to `target` parameters in one shot; returns a summary (params, arch, loss)."""
+    from pap.distributed import shutdown
+    from pap.prune_hook import scores_after
+    from pap.pruning.select import choose, remove_from_arch
+    from pap.sharding.reduce_saliency import global_scores
+    from pap.sharding.reshard import apply_removals
+    from pap.trainer import Trainer
+
+    cfg = _one_process_config(config, overrides)
+    cfg = replace(cfg, checkpoint=replace(cfg.checkpoint, dir=None, init_from=source),
+                  prune=replace(cfg.prune, enabled=True, target_params=target))
+    trainer = Trainer(cfg)
+    try:
+        hook = trainer.pruning
+        loss_before = trainer.evaluate()
+        for batch in range(calib_batches):
+            trainer.model.zero_grad_buffer()
+            trainer.forward_backward(trainer.train_batches.microbatches(batch * cfg.train.global_batch_size))
+            hook.after_backward(trainer)
+        scores = global_scores(hook.accumulator, trainer.arch.num_layers)
+        arch, chosen = trainer.arch, []
+        while arch.num_params() > hook.target:
+            removal = choose(scores, arch, cfg.prune.normalize, hook.floors)
+            if removal is None:
+                raise PapError(f"cannot prune {source} to {hook.target:,} parameters: every dimension is at its "
+                               f"floor at {arch.num_params():,}; lower the prune.min_* floors")
+            chosen.append(removal)
+            arch = remove_from_arch(arch, removal)
+            scores = scores_after(scores, removal)
+        apply_removals(trainer, chosen)
+        loss_after = trainer.evaluate()
+        checkpoint.save(out, 0, 0, trainer.arch, trainer.model.module, None, None, trainer.layout, cfg.to_dict())
+        return {"params": trainer.arch.num_params(), "removals": len(chosen), "arch": trainer.arch,
+                "loss_before": loss_before, "loss_after": loss_after}
+    finally:
+        shutdown()
+
+
+def scratch(config: str, arch_from: str, out: str, overrides=()) -> dict:
+    """A freshly initialised model of `arch_from`'s architecture, saved as weights only."""
+    from pap.distributed import init_distributed, shutdown
+    from pap.model import build_model
+
+    cfg = _one_process_config(config, overrides)
+    arch = checkpoint.read(arch_from).arch
+    init_distributed(1, 1, cfg.train.seed)
+    try:
+        model = build_model(arch, cfg)
+        layout = {"tp": 1, "pp": 1, "dp": 1, "distributed_optimizer": False}
+        checkpoint.save(out, 0, 0, arch, model, None, None, layout, cfg.to_dict())
+        return {"params": arch.num_params(), "arch": arch}
+    finally:
+        shutdown()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="pap.baselines", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    one = sub.add_parser("oneshot", help="one-shot post-training pruning of a checkpoint")
+    one.add_argument("--source", required=True, help="checkpoint to prune")
+    one.add_argument("--target", type=float, required=True, help="parameters (> 1) or fraction of the source (<= 1)")
+    one.add_argument("--calib-batches", type=int, default=8, help="global batches whose saliency decides")
+    new = sub.add_parser("scratch", help="fresh weights in the architecture of a checkpoint")
+    new.add_argument("--arch-from", required=True, help="checkpoint whose Arch to build")
+    for p in (one, new):
+        p.add_argument("--config", required=True, help="the run's YAML config (data, metric, floors, seed)")
+        p.add_argument("--out", required=True, help="directory for the weights-only checkpoint")
+        p.add_argument("overrides", nargs="*", help="dotted config overrides")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "oneshot":
+            result = oneshot(args.config, args.source, args.target, args.calib_batches, args.out, args.overrides)
+            print(f"oneshot: {result['removals']} removals -> {result['params']:,} parameters; validation loss "
+                  f"{result['loss_before']:.4f} before, {result['loss_after']:.4f} after; wrote {args.out}")
+        else:
+            result = scratch(args.config, args.arch_from, args.out, args.overrides)
+            print(f"scratch: {result['params']:,} parameters, fresh weights; wrote {args.out}")
+    except PapError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
