@@ -1,0 +1,206 @@
+"""Does pruning while pretraining retain more than the alternatives? A small-scale replication.
+
+    python bench/retention.py [--out runs/retention] [--quick]
+
+On the embedded corpus (Python stdlib source, made on the spot if missing), one process
+per run, CPU:
+
+0. pretrain a source model (configs/tiny.yaml's 5.0M-parameter shape) for `--source-iters`;
+then, every run with the same token budget T (`--iters` steps of the same batches) and
+the same validation set:
+(a)  pap: pruning-aware pretraining from the source to `--target` of its parameters,
+     k=2 gradient steps per round of p=8 removals, then plain training to T;
+(a2) the same with 2x fewer gradient steps per pruning step (k=1, p=8);
+(a4) the same with 4x fewer (k=1, p=16);
+(b)  (a)'s final architecture, freshly initialised, trained for T (the source's LR recipe);
+(c)  one-shot pruning of the source to the same target with the same metric (saliency of
+     `--calib-batches` batches, no update), then plain training for T.
+
+Prints a Markdown table (also written to OUT/results.md) of parameters, pruning-stage
+length and validation loss. Runs two processes at a time on a 2-core machine; rerunning
+skips the runs already complete (each run resumes or reuses its checkpoint directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO / "data/embedded/stdlib_text_document"
+
+
+def base_config(args) -> dict:
+    """configs/tiny.yaml's model and data, one process, one micro-batch per step."""
+    tiny = yaml.safe_load((REPO / "configs/tiny.yaml").read_text())
+    return {"model": tiny["model"], "parallel": {"tp": 1, "pp": 1},
+            "train": {"micro_batch_size": 16, "global_batch_size": 16, "eval_interval": 0, "eval_iters": 8,
+                      "lr_decay_style": "cosine"},
+            "data": {"blend": [str(CORPUS)], "split": "98,2,0", "seq_length": 128},
+            "log": {"interval": 50}, "checkpoint": {"save_interval": 0, "save_at_end": True}}
+
+
+def schedule(iters: int, lr: float, min_lr: float) -> dict:
+    return {"iters": iters, "lr": lr, "min_lr": min_lr, "warmup_iters": max(iters // 30, 1)}
+
+
+def merged(base: dict, **sections) -> dict:
+    out = json.loads(json.dumps(base))
+    for name, values in sections.items():
+        out.setdefault(name, {}).update(values)
+    return out
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.out = Path(args.out).resolve()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.base = base_config(args)
+        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+        self.seconds = {}
+
+    def train(self, name: str, cfg: dict) -> Path:
+        """Run `pap.train` for `cfg` in OUT/name (skipped when already finished)."""
+        run_dir = self.out / name
+        cfg = merged(cfg, checkpoint={"dir": str(run_dir)})
+        config = self.out / f"{name}.yaml"
+        config.write_text(yaml.safe_dump(cfg))
+        if self.final_loss(name) is not None:
+            return run_dir
+        start = time.time()
+        self.command(name, [sys.executable, "-m", "pap.train", "--config", str(config)])
+        self.seconds[name] = time.time() - start
+        return run_dir
+
+    def command(self, name: str, cmd: list) -> None:
+        log = self.out / f"{name}.log"
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(cmd[1:4])} ... (log {log})", flush=True)
+        with open(log, "a") as f:
+            done = subprocess.run(cmd, cwd=REPO, env=self.env, stdout=f, stderr=subprocess.STDOUT)
+        if done.returncode:
+            sys.exit(f"error: {name} failed (status {done.returncode}); see {log}")
+
+    def final_loss(self, name: str):
+        metrics = self.out / name / "metrics.jsonl"
+        if not metrics.is_file():
+            return None
+        losses = [r["lm loss validation"] for r in map(json.loads, metrics.read_text().splitlines())
+                  if "lm loss validation" in r and r["iteration"] == self.iters_of(name)]
+        return losses[-1] if losses else None
+
+    def iters_of(self, name: str) -> int:
+        return self.args.source_iters if name == "source" else self.args.iters
+
+    def params(self, name: str) -> int:
+        from pap import checkpoint
+
+        return checkpoint.read(str(self.out / name)).arch.num_params()
+
+    def pruning_stage(self, name: str):
+        events = self.out / name / "pruning_events.jsonl"
+        if not events.is_file():
+            return None
+        lines = events.read_text().splitlines()
+        return json.loads(lines[-1])["iteration"], len(lines)
+
+    def run(self) -> str:
+        a = self.args
+        source_lr = schedule(a.source_iters, 3e-3, 3e-4)
+        derived_lr = schedule(a.iters, 1e-3, 1e-4)
+        source = self.train("source", merged(self.base, train=source_lr))
+        from_source = merged(self.base, train=derived_lr, checkpoint={"init_from": str(source)})
+
+        def pap(name, k, p):
+            return self.train(name, merged(from_source, prune={
+                "enabled": True, "metric": a.metric, "target_params": a.target, "grad_steps": k, "prune_steps": p}))
+
+        def oneshot_then_train():
+            ckpt = self.out / "oneshot_ckpt"
+            if not (ckpt / "latest_checkpointed_iteration.txt").is_file():
+                self.command("oneshot_ckpt", [sys.executable, "-m", "pap.baselines", "oneshot", "--config",
+                                              str(self.out / "source.yaml"), "--source", str(source), "--target",
+                                              str(a.target), "--calib-batches", str(a.calib_batches), "--out",
+                                              str(ckpt), f"prune.metric={a.metric}"])
+            return self.train("c_oneshot", merged(self.base, train=derived_lr, checkpoint={"init_from": str(ckpt)}))
+
+        with ThreadPoolExecutor(max_workers=a.parallel) as pool:
+            for job in [pool.submit(pap, "a_pap", 2, 8), pool.submit(pap, "a2_pap", 1, 8)]:
+                job.result()
+            jobs = [pool.submit(pap, "a4_pap", 1, 16), pool.submit(oneshot_then_train)]
+            scratch_ckpt = self.out / "scratch_ckpt"
+            if not (scratch_ckpt / "latest_checkpointed_iteration.txt").is_file():
+                self.command("scratch_ckpt", [sys.executable, "-m", "pap.baselines", "scratch", "--config",
+                                              str(self.out / "source.yaml"), "--arch-from", str(self.out / "a_pap"),
+                                              "--out", str(scratch_ckpt)])
+            jobs.append(pool.submit(self.train, "b_scratch", merged(
+                self.base, train=schedule(a.iters, 3e-3, 3e-4), checkpoint={"init_from": str(scratch_ckpt)})))
+            for job in jobs:
+                job.result()
+        return self.table()
+
+    def table(self) -> str:
+        a = self.args
+        tokens = a.iters * 16 * 128
+        oneshot_log = (self.out / "oneshot_ckpt.log").read_text()
+        after_oneshot = float(oneshot_log.split("validation loss ")[1].split(" before, ")[1].split(" after")[0])
+        rows = [("source (trained from scratch)", "source", "—"),
+                ("(a) pap, k=2 : p=8", "a_pap", None), ("(a2) pap, k=1 : p=8 (2x fewer steps per removal)", "a2_pap", None),
+                ("(a4) pap, k=1 : p=16 (4x fewer)", "a4_pap", None),
+                ("(b) (a)'s architecture from scratch", "b_scratch", "—"),
+                ("(c) one-shot pruning of the source, then training", "c_oneshot", "0 (one shot)")]
+        lines = [f"T = {a.iters} steps x 16 x 128 = {tokens:,} tokens per derived run (source: {a.source_iters} steps); "
+                 f"target {a.target} of the source; metric {a.metric}; validation loss on 8 x 16 x 128 held-out tokens.",
+                 "", "| run | parameters | pruning stage (steps, removals) | validation loss at T | wall s |",
+                 "|---|---|---|---|---|"]
+        for label, name, stage in rows:
+            if stage is None:
+                last, count = self.pruning_stage(name)
+                stage = f"{last} steps, {count} removals"
+            seconds = self.seconds.get(name)
+            lines.append(f"| {label} | {self.params(name):,} | {stage} | {self.final_loss(name):.4f} | "
+                         f"{seconds:.0f} |" if seconds else
+                         f"| {label} | {self.params(name):,} | {stage} | {self.final_loss(name):.4f} | (earlier run) |")
+        lines += ["", f"One-shot model right after pruning, before training: validation loss {after_oneshot:.4f} "
+                      f"({self.params('oneshot_ckpt'):,} parameters).",
+                  f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, CPU only."]
+        return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="runs/retention")
+    parser.add_argument("--source-iters", type=int, default=300)
+    parser.add_argument("--iters", type=int, default=300, help="the token budget T, in steps of 16 x 128 tokens")
+    parser.add_argument("--target", type=float, default=0.35)
+    parser.add_argument("--metric", default="mix")
+    parser.add_argument("--calib-batches", type=int, default=8)
+    parser.add_argument("--parallel", type=int, default=2, help="runs at a time")
+    parser.add_argument("--quick", action="store_true", help="a ~3-minute smoke run (tiny budgets)")
+    args = parser.parse_args()
+    if args.quick:
+        args.source_iters, args.iters, args.target, args.calib_batches = 30, 30, 0.8, 2
+    if not (REPO / f"{CORPUS}.meta.json").is_file():
+        subprocess.run([sys.executable, "-m", "data_prep.embedded_corpus", "--output", str(CORPUS.parent)],
+                       cwd=REPO, check=True)
+    start = time.time()
+    table = Bench(args).run()
+    text = f"```bash\npython bench/retention.py {' '.join(sys.argv[1:])}\n```\n\n{table}\n\nWall time: {time.time() - start:.0f} s\n"
+    print(text)
+    out = Path(args.out) / "results.md"
+    out.write_text(text)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
