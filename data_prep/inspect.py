@@ -19,7 +19,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from pap.errors import PapError
+from pap.errors import PapError, exit_status
 
 from data_prep.index import read_index, read_sidecar, sidecar_path, strip_suffix
 from data_prep.report import human_bytes
@@ -88,12 +88,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--doc", type=int, help="which document to show (default 0)")
     p.add_argument("--chars", type=int, default=600, help="characters of the sample to show (default 600)")
     args = p.parse_args(argv)
-    try:
-        print(describe(args.prefix, args.tokenizer, args.doc, args.chars))
-    except PapError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(lambda: print(describe(args.prefix, args.tokenizer, args.doc, args.chars)))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from dataclasses import replace
 
 from pap import checkpoint
 from pap.config import load_config
-from pap.errors import PapError
+from pap.errors import PapError, exit_status
 
 
 def _one_process_config(config: str, overrides):
@@ -102,7 +102,8 @@ def main(argv=None) -> int:
         p.add_argument("--out", required=True, help="directory for the weights-only checkpoint")
         p.add_argument("overrides", nargs="*", help="dotted config overrides")
     args = parser.parse_args(argv)
-    try:
+
+    def command():
         if args.command == "oneshot":
             result = oneshot(args.config, args.source, args.target, args.calib_batches, args.out, args.overrides)
             print(f"oneshot: {result['removals']} removals -> {result['params']:,} parameters; validation loss "
@@ -110,11 +111,8 @@ def main(argv=None) -> int:
         else:
             result = scratch(args.config, args.arch_from, args.out, args.overrides)
             print(f"scratch: {result['params']:,} parameters, fresh weights; wrote {args.out}")
-    except PapError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
 
+    return exit_status(command)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from pap.errors import PapError
+from pap.errors import PapError, exit_status
 
 
 def generate(hf_dir: str, prompt: str, max_new_tokens: int = 32, report=print) -> str:
@@ -49,14 +49,12 @@ def main(argv=None) -> int:
     parser.add_argument("--prompt", default="def ", help="text to continue")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     args = parser.parse_args(argv)
-    try:
-        text = generate(args.hf_dir, args.prompt, args.max_new_tokens)
-    except PapError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"prompt: {args.prompt!r}\ngenerated ({args.max_new_tokens} tokens, greedy): {text!r}")
-    return 0
 
+    def command():
+        text = generate(args.hf_dir, args.prompt, args.max_new_tokens)
+        print(f"prompt: {args.prompt!r}\ngenerated ({args.max_new_tokens} tokens, greedy): {text!r}")
+
+    return exit_status(command)
 
 if __name__ == "__main__":
     sys.exit(main())

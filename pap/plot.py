@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
-from pap.errors import PapError
+from pap.errors import PapError, exit_status
 
 KINDS = ("attn", "ffn", "stem")
 LABELS = {"attn": "attention heads", "ffn": "FFN channels", "stem": "stem (hidden channels)"}
@@ -217,7 +217,8 @@ def main(argv=None) -> int:
     parser.add_argument("run_dir", help="the run's checkpoint.dir (holds pruning_events.jsonl, metrics.jsonl)")
     parser.add_argument("--out", help="PNG to write (default RUN_DIR/pruning.png)")
     args = parser.parse_args(argv)
-    try:
+
+    def command():
         run = load_run(args.run_dir)
         print(summary(run))
         out = Path(args.out) if args.out else run.run_dir / "pruning.png"
@@ -226,11 +227,8 @@ def main(argv=None) -> int:
         except OSError as exc:
             raise PapError(f"{out}: cannot write ({exc.strerror or exc})") from None
         print(f"wrote {out}")
-    except PapError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
 
+    return exit_status(command)
 
 if __name__ == "__main__":
     sys.exit(main())
