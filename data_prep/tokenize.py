@@ -56,8 +56,8 @@ from data_prep.index import read_sidecar, sidecar_path
 from data_prep.readers import REASONS
 from data_prep.report import Progress, duration, human, human_bytes
 from data_prep.shards import PARQUET, Shard, auto_shard_bytes, expand_inputs, parse_size, plan_shards
-from data_prep.tokenizer_loader import MEGATRON_TYPES, TokenizerSpec, limit_threads, resolve
-from data_prep.writer import dtype_name, load_megatron, merge, token_dtype, write_json_atomic
+from data_prep.tokenizer_loader import ENCODERS, MEGATRON_TYPES, TokenizerSpec, limit_threads, resolve
+from data_prep.writer import dtype_name, merge, token_dtype, write_json_atomic
 
 SETTINGS_VERSION = 1
 SHOW_EXAMPLES = 3
@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eod-token", help="end-of-document token (default: the tokenizer's eos_token)")
     p.add_argument("--tokenizer-hf-include-special-tokens", action="store_true",
                    help="let a Hugging Face tokenizer add its template tokens (e.g. BOS) to each document")
+    p.add_argument("--encoder", default="auto", choices=list(ENCODERS),
+                   help="auto: for a byte-level BPE, split and cache words here and ask the library only for "
+                        "new ones (the same ids, several times faster; data_prep/bytelevel.py); library: "
+                        "the tokenizer library encodes every text")
     p.add_argument("--dtype", default="auto", choices=["auto", "uint16", "int32"],
                    help="token dtype (auto: uint16 when the vocabulary has < 65,500 ids, as Megatron)")
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), metavar="N",
@@ -186,7 +190,8 @@ class Plan:
 def make_plan(args) -> Plan:
     """Check the arguments, the tokenizer and the inputs; raises `PapError` for anything wrong."""
     _check_args(args)
-    spec = resolve(args.tokenizer, args.tokenizer_type, args.eod_token, args.tokenizer_hf_include_special_tokens)
+    spec = resolve(args.tokenizer, args.tokenizer_type, args.eod_token, args.tokenizer_hf_include_special_tokens,
+                   args.encoder)
     if args.append_eod and spec.eod is None:
         raise PapError(f"--append-eod: {spec.path} names no end-of-document token; give one with --eod-token")
     dtype = token_dtype(spec.vocab_size, args.dtype)
@@ -228,7 +233,6 @@ def run(args) -> int:
 
 def _tokenize(args, plan: Plan, run_dir: RunDir, started: float) -> int:
     """Tokenize the shards not done yet, merge all of them in order, move the results into place."""
-    load_megatron()  # before the workers fork, so they share it
     shards, keys = plan.shards, plan.keys
     job = worker.Job(workdir=str(run_dir.path), keys=keys, tokenizer=plan.spec, append_eod=args.append_eod,
                      dtype=plan.dtype, strict=args.strict)
@@ -296,7 +300,7 @@ def _execute(job: worker.Job, pending: List[Shard], workers: int, progress: Prog
     """Run the pending shards on `workers` processes; returns their done markers."""
     if not pending:
         return {}
-    # fork: workers inherit the imported modules (megatron-core takes seconds to import).
+    # fork: workers start at once with the imported modules and the parsed arguments.
     ctx = mp.get_context("fork")
     updates, abort = ctx.Queue(), ctx.Event()
     results: Dict[int, dict] = {}

@@ -21,6 +21,8 @@ from typing import List, Optional
 
 from pap.errors import PapError
 
+from data_prep.bytelevel import ByteLevelEncoder, FastPlan, fast_plan
+
 HF, SENTENCEPIECE = "huggingface", "sentencepiece"
 # Megatron-LM --tokenizer-type values that mean the same tokenizer files as ours.
 MEGATRON_TYPES = {"HuggingFaceTokenizer": HF, "SentencePieceTokenizer": SENTENCEPIECE,
@@ -28,6 +30,7 @@ MEGATRON_TYPES = {"HuggingFaceTokenizer": HF, "SentencePieceTokenizer": SENTENCE
 # Tried in this order when a bare tokenizer.json names no eos_token.
 _COMMON_EOD = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>")
 _HF_CONFIGS = ("tokenizer_config.json", "special_tokens_map.json")
+ENCODERS = ("auto", "library")
 
 
 def limit_threads() -> None:
@@ -48,6 +51,8 @@ class TokenizerSpec:
     eod_token: Optional[str]
     add_special_tokens: bool
     digest: str  # sha256 of the tokenizer files: identifies it in resume checks
+    fast: Optional[FastPlan] = None  # the word-cache encoder's plan (same ids, faster), if it applies
+    encoder_note: str = ""  # why the library encodes everything, when it does
 
     def load(self) -> "Tokenizer":
         """A ready tokenizer (call once per process)."""
@@ -55,7 +60,13 @@ class TokenizerSpec:
 
     def describe(self) -> str:
         eod = f"eod {self.eod_token!r} = {self.eod}" if self.eod is not None else "no eod token"
-        return f"{self.kind} {self.given} (vocab {self.vocab_size:,}, {eod})"
+        if self.kind != HF:
+            encoder = ""
+        elif self.fast is not None:
+            encoder = ", word-cache byte-level encoder"
+        else:
+            encoder = f", library encoder{f' ({self.encoder_note})' if self.encoder_note else ''}"
+        return f"{self.kind} {self.given} (vocab {self.vocab_size:,}, {eod}{encoder})"
 
 
 class Tokenizer:
@@ -67,6 +78,7 @@ class Tokenizer:
             from tokenizers import Tokenizer as HFTokenizer
 
             self._hf = HFTokenizer.from_file(spec.path)
+            self._fast = ByteLevelEncoder(spec.fast, self._hf) if spec.fast is not None else None
         else:
             import sentencepiece
 
@@ -84,10 +96,20 @@ class Tokenizer:
         return [self.encode_batch([t])[0] for t in texts]
 
     def _encode(self, texts: List[str]) -> List[List[int]]:
-        if self.spec.kind == HF:
-            # encode_batch_fast skips the character offsets we never use.
-            return [e.ids for e in self._hf.encode_batch_fast(texts, add_special_tokens=self.spec.add_special_tokens)]
-        return self._sp.encode(texts, out_type=int, num_threads=1)
+        if self.spec.kind != HF:
+            return self._sp.encode(texts, out_type=int, num_threads=1)
+        if self._fast is None:
+            return self._library(texts)
+        out = [self._fast.encode(t) for t in texts]
+        rest = [i for i, ids in enumerate(out) if ids is None]
+        if rest:
+            for i, ids in zip(rest, self._library([texts[i] for i in rest])):
+                out[i] = ids
+        return out
+
+    def _library(self, texts: List[str]) -> List[List[int]]:
+        # encode_batch_fast skips the character offsets we never use.
+        return [e.ids for e in self._hf.encode_batch_fast(texts, add_special_tokens=self.spec.add_special_tokens)]
 
     def encode(self, text: str) -> List[int]:
         """Token ids of one text."""
@@ -154,8 +176,16 @@ def _locate(path: Path, tokenizer_type: Optional[str]) -> tuple:
 
 
 def resolve(path: str, tokenizer_type: Optional[str] = None, eod_token: Optional[str] = None,
-            include_special_tokens: bool = False) -> TokenizerSpec:
-    """Check and describe the tokenizer at `path`; every problem is a one-line `PapError`."""
+            include_special_tokens: bool = False, encoder: str = "library") -> TokenizerSpec:
+    """Check and describe the tokenizer at `path`; every problem is a one-line `PapError`.
+
+    `encoder="auto"` plans the word-cache encoder (data_prep/bytelevel.py) for a
+    Hugging Face byte-level BPE it applies to (about 0.6 s of probing); "library" encodes
+    with the tokenizer's own library only.
+    """
+    if encoder not in ENCODERS:
+        raise PapError(f"--encoder {encoder!r}: choose {' or '.join(ENCODERS)}")
+    fast, note = None, ""
     kind, file, configs = _locate(Path(path), tokenizer_type)
     if kind == HF:
         from tokenizers import Tokenizer as HFTokenizer
@@ -174,6 +204,8 @@ def resolve(path: str, tokenizer_type: Optional[str] = None, eod_token: Optional
         eod = None if eod_token is None else tok.token_to_id(eod_token)
         if eod_token is not None and eod is None:
             raise PapError(f"--tokenizer {file}: end-of-document token {eod_token!r} is not in the vocabulary")
+        if encoder == "auto":
+            fast, note = fast_plan(tok, include_special_tokens)
     else:
         import sentencepiece
 
@@ -191,7 +223,7 @@ def resolve(path: str, tokenizer_type: Optional[str] = None, eod_token: Optional
             eod_token = sp.id_to_piece(eod) if eod is not None else None
     return TokenizerSpec(kind=kind, path=str(file), given=path, vocab_size=int(vocab_size), eod=eod,
                          eod_token=eod_token, add_special_tokens=include_special_tokens,
-                         digest=_digest([file] + configs))
+                         digest=_digest([file] + configs), fast=fast, encoder_note=note)
 
 
 def from_sidecar(meta: dict, sidecar_dir: Path) -> Optional[TokenizerSpec]:

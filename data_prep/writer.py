@@ -1,9 +1,10 @@
-"""Write Megatron indexed datasets with megatron-core's own `IndexedDatasetBuilder`.
+"""Write Megatron indexed datasets, byte for byte as megatron-core's `IndexedDatasetBuilder` does.
 
 Everything data_prep writes goes through here: one document at a time into a shard
 (`ShardWriter`), shards concatenated in order (`merge`), whole small corpora in one call
-(`write_documents`), and the JSON sidecar (`write_json_atomic`). megatron-core is imported
-on first use, not at import time, so `inspect` and `blend` start fast.
+(`write_documents`), and the JSON sidecar (`write_json_atomic`). None of it imports
+megatron-core (seconds of torch imports); tests/data_prep/test_writer.py checks the bytes
+against megatron-core's builder.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import shutil
 import struct
+from array import array
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
 
@@ -45,7 +47,7 @@ def dtype_name(dtype) -> str:
 def load_megatron():
     """Import megatron-core's indexed dataset module (seconds: it imports most of megatron-core).
 
-    Called by the parent before it forks workers, so they share the imported modules. The
+    Only the tests and `pap.data` read datasets through it; writing needs none of it. The
     import warns that Transformer Engine and Apex are missing, which is irrelevant here.
     """
     import warnings
@@ -56,12 +58,25 @@ def load_megatron():
     return indexed_dataset
 
 
-def _builder(bin_path: str, dtype):
-    return load_megatron().IndexedDatasetBuilder(bin_path, dtype=dtype)
+_ARRAY_CODES = {np.dtype(np.uint16): "H", np.dtype(np.int32): "i"}
+_FLUSH_TOKENS = 1 << 22  # tokens buffered before a write to .bin
+
+
+def _index_header(dtype, sequences: int, documents: int) -> bytes:
+    """Start of a `.idx` (megatron/core/datasets/indexed_dataset.py, `_IndexWriter.write`)."""
+    from data_prep.index import DTYPE_CODES, INDEX_HEADER
+
+    code = {np.dtype(v): k for k, v in DTYPE_CODES.items()}[np.dtype(dtype)]
+    return INDEX_HEADER + struct.pack("<Q", 1) + struct.pack("<B", code) + struct.pack("<QQ", sequences, documents)
 
 
 class ShardWriter:
     """Documents into `{prefix}.bin/.idx`, one sequence per document (as preprocess_data.py).
+
+    The bytes are those of megatron-core's `IndexedDatasetBuilder` (`add_document` per
+    document, then `finalize`; tests/data_prep/test_writer.py compares them), written
+    without importing megatron-core (seconds of torch imports per run) and with the
+    tokens buffered in a typed array rather than written document by document.
 
     Files are written under `{prefix}.{tag}.tmp.*` and renamed to their final names by
     `close()`, so a reader never sees a half-written shard, and two processes writing the
@@ -69,27 +84,47 @@ class ShardWriter:
     """
 
     def __init__(self, prefix: str, dtype, tag: str = ""):
+        if np.dtype(dtype) not in _ARRAY_CODES:
+            raise PapError(f"token dtype {np.dtype(dtype).name}: data_prep writes uint16 or int32")
         self.prefix = prefix
+        self.dtype = np.dtype(dtype)
         self._tmp = f"{prefix}.{tag or os.getpid()}.tmp"
-        self._builder = _builder(self._tmp + ".bin", dtype)
+        self._bin = open(self._tmp + ".bin", "wb")
+        self._tokens = array(_ARRAY_CODES[self.dtype])
+        self._lengths = array("i")
         self.documents = 0
         self.tokens = 0
 
     def add(self, ids: Sequence[int]) -> None:
         """Append one non-empty document (token ids, end-of-document token included)."""
-        self._builder.add_document(ids, [len(ids)])
+        self._tokens.extend(ids)
+        self._lengths.append(len(ids))
         self.documents += 1
         self.tokens += len(ids)
+        if len(self._tokens) >= _FLUSH_TOKENS:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._tokens.tofile(self._bin)
+        del self._tokens[:]
 
     def close(self) -> None:
         """Write the index and move both files to their final names."""
-        self._builder.finalize(self._tmp + ".idx")
+        self._flush()
+        self._bin.close()
+        lengths = np.frombuffer(self._lengths, dtype=np.int32) if self._lengths else np.zeros(0, np.int32)
+        sizes = lengths.astype(np.int64) * self.dtype.itemsize
+        with open(self._tmp + ".idx", "wb") as idx:
+            idx.write(_index_header(self.dtype, len(lengths), len(lengths) + 1))
+            idx.write(lengths.tobytes())
+            idx.write((np.cumsum(sizes) - sizes).tobytes())  # byte offset of each sequence in .bin
+            idx.write(np.arange(len(lengths) + 1, dtype=np.int64).tobytes())  # one sequence per document
         os.replace(self._tmp + ".bin", self.prefix + ".bin")
         os.replace(self._tmp + ".idx", self.prefix + ".idx")
 
     def abort(self) -> None:
         """Drop the temporary files (after an error)."""
-        self._builder.data_file.close()
+        self._bin.close()
         for suffix in (".bin", ".idx"):
             try:
                 os.remove(self._tmp + suffix)
@@ -105,9 +140,8 @@ def merge(shard_prefixes: Iterable[str], out_prefix: str, dtype) -> None:
     shard by shard with numpy: `add_index` runs `gc.collect()` per shard (0.2 s each once
     torch is imported) and holds every sequence length as a Python object.
     """
-    from data_prep.index import INDEX_HEADER, DTYPE_CODES, read_index
+    from data_prep.index import read_index
 
-    code = {np.dtype(v): k for k, v in DTYPE_CODES.items()}[np.dtype(dtype)]
     itemsize = np.dtype(dtype).itemsize
     indices = [read_index(p) for p in shard_prefixes]
     for index in indices:
@@ -120,8 +154,7 @@ def merge(shard_prefixes: Iterable[str], out_prefix: str, dtype) -> None:
     sequences = sum(i.num_sequences for i in indices)
     documents = 1 + sum(i.num_documents for i in indices)
     with open(out_prefix + ".idx", "wb") as out:
-        out.write(INDEX_HEADER + struct.pack("<Q", 1) + struct.pack("<B", code))
-        out.write(struct.pack("<Q", sequences) + struct.pack("<Q", documents))
+        out.write(_index_header(dtype, sequences, documents))
         for index in indices:
             out.write(np.asarray(index.sequence_lengths, dtype=np.int32).tobytes())
         offset = 0  # byte offset of the next sequence in .bin

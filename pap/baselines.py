@@ -8,32 +8,56 @@
   global batches of the training data (gradients, no update), then groups are removed
   one after another, each choice seeing the scores of the groups still there, until the
   parameter target. The scores are never recomputed: that is what separates it from
-  pruning-aware pretraining, where training and removal interleave.
+  pruning-aware pretraining, where training and removal interleave. The removals are
+  listed in `OUT/pruning_events.jsonl`, in the form of a pruning-aware run's event log.
 * `scratch`: the architecture of a checkpoint (e.g. a pruning-aware run's final shape),
-  freshly initialised as any pap model is, to train from scratch.
+  freshly initialised as any pap model is (`pap.init`, by seed and parameter name), to
+  train from scratch.
 
 Both write a weights-only checkpoint that `checkpoint.init_from` starts a run from. They
-run in one process (TP=1), like the converters.
+run in one process (TP=1), like the converters. The config supplies the data, the
+metric (`prune.metric`), `prune.normalize`, the floors (`prune.min_*`) and the seed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 from dataclasses import replace
+from pathlib import Path
+from typing import Sequence, Union
 
 from pap import checkpoint
-from pap.config import load_config
+from pap.config import PapConfig, load_config
 from pap.errors import PapError, exit_status
 
 
-def _one_process_config(config: str, overrides):
-    cfg = load_config(config, list(overrides))
+def _one_process_config(config: Union[str, PapConfig], overrides: Sequence[str] = ()) -> PapConfig:
+    """`config` (a YAML path, or a PapConfig) at TP=1, PP=1, with the plain optimizer."""
+    if isinstance(config, PapConfig):
+        if overrides:
+            raise ValueError("overrides apply to a config file, not to a PapConfig")
+        cfg = config
+    else:
+        cfg = load_config(config, list(overrides))
     return replace(cfg, parallel=replace(cfg.parallel, tp=1, pp=1, distributed_optimizer=False))
 
 
-def oneshot(config: str, source: str, target: float, calib_batches: int, out: str, overrides=()) -> dict:
-    """Prune `source` to `target` parameters in one shot; returns a summary (params, arch, loss)."""
+def oneshot(config: Union[str, PapConfig], source: str, target: float, calib_batches: int, out: str,
+            overrides: Sequence[str] = ()) -> dict:
+    """Prune `source` to `target` parameters in one shot and save the result as weights only.
+
+    `target` is a count (> 1) or a fraction of the source's parameters (<= 1), as
+    `prune.target_params`. Returns a summary: `params`, `arch`, `removals` (the
+    `Removal`s in order), `loss_before` and `loss_after` (validation loss of the source
+    and of the pruned model, on the config's validation batches; None without them).
+    """
+    if not 0 < target:
+        raise PapError(f"--target must be a fraction in (0, 1] or a parameter count > 1, got {target}")
+    if calib_batches < 1:
+        raise PapError(f"--calib-batches must be at least 1, got {calib_batches}")
     from pap.distributed import shutdown
     from pap.prune_hook import scores_after
     from pap.pruning.select import choose, remove_from_arch
@@ -41,19 +65,24 @@ def oneshot(config: str, source: str, target: float, calib_batches: int, out: st
     from pap.sharding.reshard import apply_removals
     from pap.trainer import Trainer
 
+    checkpoint.read(source)  # a clear error before megatron starts, if it is not a checkpoint
     cfg = _one_process_config(config, overrides)
+    # The calibration batches are the first global batches of the training split; the
+    # datasets are sized by train.iters, so it must cover them.
     cfg = replace(cfg, checkpoint=replace(cfg.checkpoint, dir=None, init_from=source),
+                  train=replace(cfg.train, iters=max(cfg.train.iters, calib_batches)),
                   prune=replace(cfg.prune, enabled=True, target_params=target))
     trainer = Trainer(cfg)
     try:
         hook = trainer.pruning
         loss_before = trainer.evaluate()
+        # Saliency as in a pruning-aware window of `calib_batches` steps, without updates.
         for batch in range(calib_batches):
             trainer.model.zero_grad_buffer()
             trainer.forward_backward(trainer.train_batches.microbatches(batch * cfg.train.global_batch_size))
             hook.after_backward(trainer)
         scores = global_scores(hook.accumulator, trainer.arch.num_layers)
-        arch, chosen = trainer.arch, []
+        arch, chosen, events = trainer.arch, [], []
         while arch.num_params() > hook.target:
             removal = choose(scores, arch, cfg.prune.normalize, hook.floors)
             if removal is None:
@@ -62,17 +91,27 @@ def oneshot(config: str, source: str, target: float, calib_batches: int, out: st
             chosen.append(removal)
             arch = remove_from_arch(arch, removal)
             scores = scores_after(scores, removal)
+            events.append({"iteration": 0, "tokens": 0, **removal.to_dict(), "params": arch.num_params(),
+                           "heads": arch.num_heads(0), "kv_heads": [arch.num_kv_heads(l) for l in
+                                                                    range(arch.num_layers)],
+                           "ffn": arch.ffn[0], "hidden": arch.hidden_size})
         apply_removals(trainer, chosen)
         loss_after = trainer.evaluate()
         checkpoint.save(out, 0, 0, trainer.arch, trainer.model.module, None, None, trainer.layout, cfg.to_dict())
-        return {"params": trainer.arch.num_params(), "removals": len(chosen), "arch": trainer.arch,
+        with open(Path(out) / "pruning_events.jsonl", "w") as f:
+            f.writelines(json.dumps(event) + "\n" for event in events)
+        return {"params": trainer.arch.num_params(), "arch": trainer.arch, "removals": chosen,
                 "loss_before": loss_before, "loss_after": loss_after}
     finally:
         shutdown()
 
 
-def scratch(config: str, arch_from: str, out: str, overrides=()) -> dict:
-    """A freshly initialised model of `arch_from`'s architecture, saved as weights only."""
+def scratch(config: Union[str, PapConfig], arch_from: str, out: str, overrides: Sequence[str] = ()) -> dict:
+    """A freshly initialised model of `arch_from`'s architecture, saved as weights only.
+
+    Returns `params` and `arch`. The weights are what any pap run of that shape starts
+    from with the config's `train.seed` and `model.init_std`.
+    """
     from pap.distributed import init_distributed, shutdown
     from pap.model import build_model
 
@@ -86,6 +125,10 @@ def scratch(config: str, arch_from: str, out: str, overrides=()) -> dict:
         return {"params": arch.num_params(), "arch": arch}
     finally:
         shutdown()
+
+
+def _loss(value) -> str:
+    return "n/a (no validation batches)" if value is None or not math.isfinite(value) else f"{value:.4f}"
 
 
 def main(argv=None) -> int:
@@ -106,13 +149,14 @@ def main(argv=None) -> int:
     def command():
         if args.command == "oneshot":
             result = oneshot(args.config, args.source, args.target, args.calib_batches, args.out, args.overrides)
-            print(f"oneshot: {result['removals']} removals -> {result['params']:,} parameters; validation loss "
-                  f"{result['loss_before']:.4f} before, {result['loss_after']:.4f} after; wrote {args.out}")
+            print(f"oneshot: {len(result['removals'])} removals -> {result['params']:,} parameters; validation loss "
+                  f"{_loss(result['loss_before'])} before, {_loss(result['loss_after'])} after; wrote {args.out}")
         else:
             result = scratch(args.config, args.arch_from, args.out, args.overrides)
             print(f"scratch: {result['params']:,} parameters, fresh weights; wrote {args.out}")
 
     return exit_status(command)
+
 
 if __name__ == "__main__":
     sys.exit(main())
