@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/data_prep.py                       # ours, --workers 1 and 2
     .venv/bin/python bench/data_prep.py --megatron-lm /tmp/megatron-lm --megatron-python /tmp/mlm-venv/bin/python
+    .venv/bin/python bench/data_prep.py --library-encoder  # also ours with --encoder library
 
 Makes its own corpus (default 100 MB of JSON lines: this interpreter's standard-library
 source and docstrings, cut into documents of 200 to 8,000 characters, reshuffled and
@@ -41,6 +42,7 @@ from data_prep.index import read_index  # noqa: E402  (after the path set-up abo
 
 VOCAB = 50257
 EOD = "<|endoftext|>"
+NON_ASCII_NOTE = '; every document ends with " naïve café"'
 
 
 def _pieces(source: str, rng: random.Random):
@@ -110,6 +112,17 @@ def train_tokenizer(corpus: Path, out_dir: Path, sample_mb: float = 20) -> None:
         "model_max_length": 1 << 30}, indent=1))
 
 
+def with_non_ascii(corpus: Path, out: Path) -> Path:
+    """`corpus` with " naïve café" ending every document: no text takes the ASCII fast split."""
+    if not out.is_file() or out.stat().st_mtime < corpus.stat().st_mtime:
+        tmp = out.with_suffix(".tmp")
+        with open(corpus, encoding="utf-8") as f, open(tmp, "w", encoding="utf-8") as g:
+            for line in f:
+                g.write(json.dumps({"text": json.loads(line)["text"] + " naïve café"}) + "\n")
+        os.replace(tmp, out)
+    return out
+
+
 def timed(cmd, cwd, env, log: Path) -> tuple:
     """Run a command; returns (wall seconds, CPU seconds of it and all its processes)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -132,13 +145,14 @@ def remove(prefix: str) -> None:
 class Tool:
     """How to run one tokenizer program on an input."""
 
-    def __init__(self, name, python, cwd, env, script):
+    def __init__(self, name, python, cwd, env, script, tag, encoder=None):
         self.name, self.python, self.cwd, self.env, self.script = name, python, cwd, env, script
+        self.tag, self.encoder = tag, encoder
 
     def command(self, corpus, prefix, tokenizer, workers):
-        if self.name == "data_prep.tokenize":
+        if self.script is None:
             return [self.python, "-m", "data_prep.tokenize", "--input", corpus, "--output-prefix", prefix,
-                    "--tokenizer", tokenizer, "--append-eod", "--workers", str(workers)]
+                    "--tokenizer", tokenizer, "--append-eod", "--workers", str(workers), "--encoder", self.encoder]
         return [self.python, self.script, "--input", corpus, "--output-prefix", prefix,
                 "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", tokenizer,
                 "--append-eod", "--workers", str(workers)]
@@ -161,6 +175,11 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--megatron-lm", help="a Megatron-LM checkout (tag core_v0.16.1) to compare with")
     p.add_argument("--megatron-python", default=sys.executable, help="python that can run its tools/")
+    p.add_argument("--non-ascii", action="store_true",
+                   help="tokenize a copy of the corpus with a non-ASCII word in every document (the slower "
+                        "Unicode split for every text)")
+    p.add_argument("--library-encoder", action="store_true",
+                   help="also run data_prep.tokenize with --encoder library (the tokenizers library encodes every text)")
     p.add_argument("--repeat", type=int, default=1, help="runs per tool and worker count; the fastest is kept "
                    "(other programs on a shared machine only ever slow a run down)")
     args = p.parse_args(argv)
@@ -179,20 +198,25 @@ def main(argv=None) -> int:
         t = time.time()
         train_tokenizer(corpus, tokenizer)
         print(f"tokenizer: byte-level BPE, {VOCAB:,} ids ({time.time() - t:.0f} s)")
+    if args.non_ascii:
+        corpus = with_non_ascii(corpus, work / "corpus_non_ascii.jsonl")
     tiny = work / "tiny.jsonl"
     tiny.write_text(json.dumps({"text": "def f():\n    return 1\n"}) + "\n")
 
-    tools = [Tool("data_prep.tokenize", sys.executable, REPO, dict(os.environ), None)]
+    tools = [Tool("data_prep.tokenize", sys.executable, REPO, dict(os.environ), None, "ours", "auto")]
+    if args.library_encoder:
+        tools.append(Tool("data_prep.tokenize --encoder library", sys.executable, REPO, dict(os.environ), None,
+                          "ourslib", "library"))
     if args.megatron_lm:
         mlm = Path(args.megatron_lm).resolve()
         env = dict(os.environ, PYTHONPATH=str(mlm), PYTHONWARNINGS="ignore")
         tools.append(Tool("Megatron-LM preprocess_data.py", args.megatron_python, mlm, env,
-                          str(mlm / "tools" / "preprocess_data.py")))
+                          str(mlm / "tools" / "preprocess_data.py"), "mlm"))
 
     rows, outputs = [], {}
     for workers in args.workers:
         for tool in tools:
-            tag = "ours" if tool.script is None else "mlm"
+            tag = tool.tag
             prefix = str(work / f"{tag}_w{workers}")
             remove(prefix + "_text_document")
             remove(prefix + "_tiny_text_document")
@@ -215,13 +239,14 @@ def main(argv=None) -> int:
             print(f"{tool.name} --workers {workers}: {wall:.1f} s wall, {tokens / wall:,.0f} tokens/s, "
                   f"{tokens / cpu:,.0f} tokens per CPU-s", flush=True)
 
-    same_workers = len({v for (tag, _), v in outputs.items() if tag == "ours"}) == 1
+    same_workers = len({v for (tag, _), v in outputs.items() if tag.startswith("ours")}) == 1
     same_mlm = all(outputs[("ours", w)] == outputs[("mlm", w)] for w in args.workers) if args.megatron_lm else None
     import tokenizers
 
     print()
     print(f"Corpus: {info['bytes'] / 1e6:.1f} MB JSON lines, {info['documents']:,} documents "
-          f"(Python {platform.python_version()} stdlib source and docstrings), {rows[0]['tokens']:,} tokens "
+          f"(Python {platform.python_version()} stdlib source and docstrings"
+          f"{NON_ASCII_NOTE if args.non_ascii else ''}), {rows[0]['tokens']:,} tokens "
           f"with a {VOCAB:,}-id byte-level BPE (tokenizers {tokenizers.__version__}), --append-eod.  ")
     print(f"Machine: {machine()}. Date: {datetime.date.today().isoformat()}.  ")
     print(f"Command: `{' '.join([Path(sys.executable).name, 'bench/data_prep.py', *(argv or sys.argv[1:])])}`")
@@ -235,14 +260,15 @@ def main(argv=None) -> int:
               f"| {r['tokens'] / r['wall'] / r['workers']:,.0f} | {steady:,.0f} | {r['cpu']:.1f} "
               f"| {r['tokens'] / r['cpu']:,.0f} | {r['load']:.1f} / {r['load_after']:.1f} |")
     print()
-    if len(args.workers) > 1:
-        print(f"Output bytes identical across worker counts: {'yes' if same_workers else 'NO'}.")
+    if len(args.workers) > 1 or args.library_encoder:
+        print(f"Output bytes identical across worker counts{' and encoders' if args.library_encoder else ''}: "
+              f"{'yes' if same_workers else 'NO'}.")
     if same_mlm is not None:
         print(f"Output bytes identical to Megatron-LM's: {'yes' if same_mlm else 'NO'}.")
         for w in args.workers:
-            ours = [r for r in rows if r["workers"] == w]
-            if len(ours) == 2:
-                a, b = ours
+            pair = [r for r in rows if r["workers"] == w and r["tool"] in (tools[0].name, tools[-1].name)]
+            if len(pair) == 2:
+                a, b = pair
                 print(f"Speed-up at --workers {w}: {b['wall'] / a['wall']:.2f}x wall, "
                       f"{(b['wall'] - b['startup']) / max(a['wall'] - a['startup'], 1e-9):.2f}x after start-up, "
                       f"{b['cpu'] / a['cpu']:.2f}x per CPU-second.")

@@ -67,7 +67,7 @@ def train_tokenizer(docs: List[str], vocab_size: int):
 
 
 def write_indexed(prefix: str, documents: List[List[int]], eod: int, vocab_size: int = 0) -> int:
-    """Write documents (+EOD each) with megatron-core's IndexedDatasetBuilder; returns tokens."""
+    """Write documents (+EOD each) as a megatron-core indexed dataset; returns tokens."""
     return write_documents(prefix, documents, token_dtype(vocab_size), eod=eod)
 
 

@@ -12,6 +12,12 @@ Inputs are paths, globs or directories of `.jsonl`/`.json` (JSON lines), `.jsonl
                                        (uint16 tokens when the vocabulary has < 65,500 ids, else int32)
     {PREFIX}_{key}_document.meta.json  vocab_size, eod, documents, tokens, dtype, tokenizer, skips
 
+A Hugging Face byte-level BPE (GPT-2 style, the SmolLM family) is encoded by a word cache
+(`data_prep/bytelevel.py`): the text is split into pre-tokens here and the library's BPE
+runs once per distinct pre-token. The ids are the library's; a text where they could
+differ (an added token inside it, a character whose Unicode class the two regex engines
+disagree on) goes to the library. `--encoder library` encodes everything with the library.
+
 Inputs are cut into shards (`--shard-bytes` of a JSON-lines file, one compressed file,
 one Parquet row group); workers tokenize shards into `{PREFIX}.partial/`, and the shards
 are merged in input order, so the output bytes do not depend on `--workers`. Killed at
@@ -273,8 +279,7 @@ def _tokenize(args, plan: Plan, run_dir: RunDir, started: float) -> int:
         metas[key] = _sidecar(out, key, plan, args, totals[key], total_bytes)
         write_json_atomic(sidecar_path(out), metas[key])
     run_dir.remove()
-    _print_summary(plan.outputs, totals, metas, plan.files, total_bytes, new, len(shards), workers,
-                   work_seconds, time.time() - started)
+    _print_summary(plan, totals, metas, total_bytes, new, workers, work_seconds, time.time() - started)
     return 0
 
 
@@ -398,8 +403,9 @@ def _sidecar(out: str, key: str, plan: Plan, args, total: dict, total_bytes: int
     }
 
 
-def _print_summary(outputs, totals, metas, files, total_bytes, new: Dict[int, dict], num_shards: int,
-                   workers: int, work_seconds: float, seconds: float) -> None:
+def _print_summary(plan: Plan, totals, metas, total_bytes, new: Dict[int, dict], workers: int,
+                   work_seconds: float, seconds: float) -> None:
+    outputs, files, num_shards = plan.outputs, plan.files, len(plan.shards)
     reused = num_shards - len(new)
     print(f"tokenize: done in {seconds:.1f} s ({duration(seconds)}) with {workers} worker(s)"
           f"{f'; {reused} of {num_shards} shards reused from an earlier run' if reused else ''}")
@@ -420,6 +426,11 @@ def _print_summary(outputs, totals, metas, files, total_bytes, new: Dict[int, di
     if new and work_seconds > 0:
         print(f"  speed    {human(docs / work_seconds)} docs/s, {human(tokens / work_seconds)} tokens/s, "
               f"{human(tokens / work_seconds / workers)} tokens/s per worker ({work_seconds:.1f} s tokenizing)")
+    if new and plan.spec.fast is not None:
+        texts = sum(m["lines"] for m in new.values()) * len(outputs)
+        library = sum(m.get("library_texts", 0) for m in new.values())
+        print(f"  encoder  word cache; {library:,} of about {texts:,} texts went to the tokenizer library "
+              f"(an added token or a rare character in them)")
 
 
 if __name__ == "__main__":

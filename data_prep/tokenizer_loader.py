@@ -79,6 +79,7 @@ class Tokenizer:
 
             self._hf = HFTokenizer.from_file(spec.path)
             self._fast = ByteLevelEncoder(spec.fast, self._hf) if spec.fast is not None else None
+            self.handed_back = 0  # texts the word cache passed to the library
         else:
             import sentencepiece
 
@@ -102,6 +103,7 @@ class Tokenizer:
             return self._library(texts)
         out = [self._fast.encode(t) for t in texts]
         rest = [i for i, ids in enumerate(out) if ids is None]
+        self.handed_back += len(rest)
         if rest:
             for i, ids in zip(rest, self._library([texts[i] for i in rest])):
                 out[i] = ids

@@ -131,6 +131,7 @@ class ShardJob:
     def run(self) -> dict:
         job, shard = self.job, self.shard
         start = time.time()
+        handed_back = getattr(self.tokenizer, "handed_back", 0)
         self.writers = {k: ShardWriter(shard_prefix(job.workdir, shard.index, k), job.dtype) for k in job.keys}
         try:
             lines = self._read_all()
@@ -146,7 +147,8 @@ class ShardJob:
                             "idx_bytes": os.path.getsize(writer.prefix + ".idx")}
         self._report(force=True)
         marker = {"shard": shard.identity(), "lines": lines, "outputs": outputs,
-                  "examples": sorted(self.examples, key=lambda e: e[2]), "seconds": round(time.time() - start, 3)}
+                  "examples": sorted(self.examples, key=lambda e: e[2]), "seconds": round(time.time() - start, 3),
+                  "library_texts": getattr(self.tokenizer, "handed_back", 0) - handed_back}
         write_json_atomic(marker_path(job.workdir, shard.index), marker)
         return marker
 

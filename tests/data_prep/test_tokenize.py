@@ -35,6 +35,19 @@ def test_round_trip_hf_tokenizer_json(tmp_path, corpus, docs, hf_json, run_token
     assert np.fromfile(dataset + ".bin", dtype=np.uint16).size == meta["tokens"]
     assert f"{len(docs):,} docs, {meta['tokens']:,} tokens" in out
     assert "tokens/s" in out and not os.path.exists(f"{prefix}.partial")
+    assert "word-cache byte-level encoder" in err and "encoder  word cache; 0 of about" in out
+
+
+def test_library_encoder_writes_the_same_bytes(tmp_path, corpus, hf_json, run_tokenize):
+    outputs = []
+    for encoder in ("auto", "library"):
+        prefix = tmp_path / encoder
+        rc, out, err = run_tokenize("--input", corpus, "--output-prefix", prefix, "--tokenizer", hf_json,
+                                    "--append-eod", "--workers", 1, "--encoder", encoder)
+        assert rc == 0, err
+        outputs.append(output_bytes(f"{prefix}_text_document"))
+    assert outputs[0] == outputs[1]
+    assert "library encoder" in err and "encoder  word cache" not in out
 
 
 def test_round_trip_hf_directory_uses_configured_eos(tmp_path, corpus, docs, hf_dir, run_tokenize):

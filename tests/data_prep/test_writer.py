@@ -25,6 +25,29 @@ def _shards(tmp_path, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.int32])
+def test_shard_writer_matches_megatron_add_document(tmp_path, dtype, monkeypatch):
+    from data_prep import writer
+
+    monkeypatch.setattr(writer, "_FLUSH_TOKENS", 7)  # several buffer flushes per shard
+    for s, (prefix, docs) in enumerate(_shards(tmp_path, dtype)):
+        builder = writer.load_megatron().IndexedDatasetBuilder(str(tmp_path / f"theirs{s}.bin"), dtype=dtype)
+        for doc in docs:
+            builder.add_document(doc, [len(doc)])
+        builder.finalize(str(tmp_path / f"theirs{s}.idx"))
+        assert output_bytes(prefix) == output_bytes(str(tmp_path / f"theirs{s}"))
+
+
+def test_shard_writer_refuses_a_token_that_does_not_fit(tmp_path):
+    from data_prep.writer import ShardWriter
+
+    w = ShardWriter(str(tmp_path / "x"), np.uint16)
+    with pytest.raises(OverflowError):
+        w.add([1, 70000])
+    w.abort()
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32])
 def test_merge_matches_megatron_add_index(tmp_path, dtype):
     from data_prep.writer import load_megatron
 
