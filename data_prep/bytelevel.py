@@ -5,7 +5,7 @@ For a Hugging Face tokenizer whose pipeline is
     no normalizer -> [Digits(individual_digits=True)] -> ByteLevel(add_prefix_space=False,
     use_regex=True) -> BPE (no dropout)
 
-(GPT-2, the SmolLM and StarCoder families, and what `tokenizers` trains by default) the
+(GPT-2's, many later byte-level BPEs', and what `tokenizers` builds by default) the
 ids of a text are the concatenation of the BPE ids of its pre-tokens, and a pre-token's
 ids do not depend on where it stands. So this encoder splits the text with the same
 regular expression, looks each pre-token up in a dictionary, and asks the library's own
@@ -131,16 +131,20 @@ def _supported(spec: dict, add_special_tokens: bool) -> Tuple[bool, str]:
     return digits, ""
 
 
-# Code points probed: planes 0-3 and 14, where every assigned character lies. Planes 4-13
-# (unassigned in every Unicode version so far) and 15-16 (private use) are not probed:
-# a text holding one of them goes to the library.
+# Planes 0-3 and 14 hold every assigned character: each class is probed there. The rest
+# (unassigned planes 4-13, private-use planes 15-16) is probed for any class at all, which
+# is cheaper; whatever either side puts in a class there goes to the library.
 PROBED = ((0x0000, 0xD7FF), (0xE000, 0x3FFFF), (0xE0000, 0xE0FFF))
-NOT_PROBED = ((0x40000, 0xDFFFF), (0xE1000, 0x10FFFF))
+REST = ((0x40000, 0xDFFFF), (0xE1000, 0x10FFFF))
 _PROBE_CHUNK = 4096  # the library's pre-tokenizers are several times faster on short strings
 
 
+def _characters(ranges) -> str:
+    return "".join(chr(c) for lo, hi in ranges for c in range(lo, hi + 1))
+
+
 def _probed_characters() -> str:
-    return "".join(chr(c) for lo, hi in PROBED for c in range(lo, hi + 1))
+    return _characters(PROBED)
 
 
 def _library_pieces(pre_tokenizer, text: str) -> List[str]:
@@ -148,17 +152,34 @@ def _library_pieces(pre_tokenizer, text: str) -> List[str]:
             for piece, _ in pre_tokenizer.pre_tokenize_str(text[i:i + _PROBE_CHUNK])]
 
 
+def _library_numbers(text: str) -> set:
+    """The characters of `text` that the library's Digits pre-tokenizer takes for numbers."""
+    from tokenizers import pre_tokenizers
+
+    digit_runs, numbers = pre_tokenizers.Digits(individual_digits=False), set()
+    for i in range(0, len(text), _PROBE_CHUNK):
+        # Pieces alternate from the leading "a": other, number run, other, number run, ...
+        pieces = [p for p, _ in digit_runs.pre_tokenize_str("a" + text[i:i + _PROBE_CHUNK])]
+        numbers.update("".join(pieces[1::2]))
+    return numbers
+
+
 def probe_disagreements(digits: bool) -> str:
     """Every probed character the library's pre-tokenizer classes and Python's `regex` classes disagree on.
 
-    Each class is probed with the library on all probed code points, Python's members
-    first, and the characters the library keeps or removes are compared (about 0.3 s).
+    Each class is probed with the library on planes 0-3 and 14, Python's members first,
+    and the characters the library keeps or removes are compared; the other planes are
+    checked for membership of any class (about 1 s in all).
     """
     import regex
     from tokenizers import Regex, pre_tokenizers
 
     everything = _probed_characters()
-    differ = set()
+    rest = _characters(REST)
+    anything = r"[\p{L}\p{N}\s]"
+    split = pre_tokenizers.Split(Regex(anything), behavior="removed")
+    kept = "".join(_library_pieces(split, rest))
+    differ = set(regex.sub(f"[^{anything[1:-1]}]+", "", rest)) | (set() if kept == rest else set(rest) - set(kept))
     for cls in (r"\p{L}", r"\p{N}", r"\s"):
         members = regex.sub(f"[^{cls}]+", "", everything)
         others = regex.sub(f"{cls}+", "", everything)
@@ -168,13 +189,8 @@ def probe_disagreements(digits: bool) -> str:
     if digits:  # Digits uses Rust's char::is_numeric; the expression uses \p{N}
         members = regex.sub(r"[^\p{N}]+", "", everything)
         others = regex.sub(r"\p{N}+", "", everything)
-        text, library_numbers = members + others, set()
-        digit_runs = pre_tokenizers.Digits(individual_digits=False)
-        for i in range(0, len(text), _PROBE_CHUNK):
-            # Pieces alternate from the leading "a": other, number run, other, number run, ...
-            pieces = [p for p, _ in digit_runs.pre_tokenize_str("a" + text[i:i + _PROBE_CHUNK])]
-            library_numbers.update("".join(pieces[1::2]))
-        differ |= set(members) ^ library_numbers
+        differ |= set(members) ^ _library_numbers(members + others)
+        differ |= _library_numbers(rest)
     return "".join(sorted(differ))
 
 
@@ -189,23 +205,6 @@ def _bytes_to_unicode() -> dict:
             table[b] = chr(256 + extra)
             extra += 1
     return table
-
-
-def _char_class(chars: str) -> str:
-    """A bracket expression matching exactly `chars` (sorted), as ranges."""
-    ranges, start, prev = [], None, None
-    for c in chars:
-        code = ord(c)
-        if start is None:
-            start = prev = code
-        elif code == prev + 1:
-            prev = code
-        else:
-            ranges.append((start, prev))
-            start = prev = code
-    if start is not None:
-        ranges.append((start, prev))
-    return "[" + "".join(f"\\U{a:08x}" if a == b else f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges) + "]"
 
 
 class _PreTokenIds(dict):
@@ -236,15 +235,15 @@ class ByteLevelEncoder:
         self._ids = _PreTokenIds(tokenizer.model)
         added = "|".join(re.escape(t) for t in sorted(plan.added, key=len, reverse=True))
         self._added = re.compile(added).search if added else None
-        unprobed = "".join(f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in NOT_PROBED)
-        self._fallback = re.compile(_char_class(plan.fallback_chars)[:-1] + unprobed + "]").search
+        # A set test is four times faster than a regex class of these (mostly astral) ranges.
+        self._no_fallback_chars = frozenset(plan.fallback_chars).isdisjoint
 
     def encode(self, text: str) -> Optional[List[int]]:
         if self._added is not None and self._added(text):
             return None
         if text.isascii():
             words = self._split_ascii(text)
-        elif self._fallback(text):
+        elif not self._no_fallback_chars(text):
             return None
         else:
             words = self._split(text)

@@ -182,7 +182,7 @@ def resolve(path: str, tokenizer_type: Optional[str] = None, eod_token: Optional
     """Check and describe the tokenizer at `path`; every problem is a one-line `PapError`.
 
     `encoder="auto"` plans the word-cache encoder (data_prep/bytelevel.py) for a
-    Hugging Face byte-level BPE it applies to (about 0.6 s of probing); "library" encodes
+    Hugging Face byte-level BPE it applies to (about 1 s of probing); "library" encodes
     with the tokenizer's own library only.
     """
     if encoder not in ENCODERS:
