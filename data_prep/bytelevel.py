@@ -48,7 +48,7 @@ GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|
 DIGITS_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+|\p{N}"""
 # On ASCII text the classes are exactly these (\s is Unicode White_Space: not \x1c-\x1f).
 _ASCII_CLASSES = {r"\p{L}": "A-Za-z", r"\p{N}": "0-9", r"\s": r"\t\n\x0b\x0c\r "}
-CACHE_ENTRIES = 1 << 20  # distinct pre-tokens kept (about 150 MB); the cache restarts when full
+CACHE_ENTRIES = 1 << 20  # distinct pre-tokens kept (a few hundred MB per worker); restarts when full
 _POST_PROCESSORS = {None, "ByteLevel", "TemplateProcessing"}  # add nothing without special tokens
 
 
