@@ -53,7 +53,10 @@ class PapLlamaAttention(LlamaAttention):
         return self._kv_index[device]
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None,
-                **kwargs):
+                cache=None, **kwargs):
+        # transformers renamed the decoder layer's `past_key_values` argument to `cache`
+        # (deprecated alias until 5.40); accept either so the KV cache is always updated.
+        cache = cache if cache is not None else past_key_values
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
         query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
@@ -61,8 +64,8 @@ class PapLlamaAttention(LlamaAttention):
         value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         cos, sin = position_embeddings
         query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
-        if past_key_values is not None:
-            key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
+        if cache is not None:
+            key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
         index = self.kv_index(key_states.device)
         key_states = key_states.index_select(1, index)
         value_states = value_states.index_select(1, index)
