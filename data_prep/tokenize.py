@@ -427,9 +427,8 @@ def _print_summary(plan: Plan, totals, metas, total_bytes, new: Dict[int, dict],
         print(f"  speed    {human(docs / work_seconds)} docs/s, {human(tokens / work_seconds)} tokens/s, "
               f"{human(tokens / work_seconds / workers)} tokens/s per worker ({work_seconds:.1f} s tokenizing)")
     if new and plan.spec.fast is not None:
-        texts = sum(m["lines"] for m in new.values()) * len(outputs)
         library = sum(m.get("library_texts", 0) for m in new.values())
-        print(f"  encoder  word cache; {library:,} of about {texts:,} texts went to the tokenizer library "
+        print(f"  encoder  word cache; {library:,} of the {docs:,} documents went to the tokenizer library "
               f"(an added token or a rare character in them)")
 
 

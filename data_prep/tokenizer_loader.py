@@ -74,12 +74,12 @@ class Tokenizer:
 
     def __init__(self, spec: TokenizerSpec):
         self.spec = spec
+        self.handed_back = 0  # texts the word cache passed to the library
         if spec.kind == HF:
             from tokenizers import Tokenizer as HFTokenizer
 
             self._hf = HFTokenizer.from_file(spec.path)
             self._fast = ByteLevelEncoder(spec.fast, self._hf) if spec.fast is not None else None
-            self.handed_back = 0  # texts the word cache passed to the library
         else:
             import sentencepiece
 

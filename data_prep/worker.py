@@ -131,7 +131,7 @@ class ShardJob:
     def run(self) -> dict:
         job, shard = self.job, self.shard
         start = time.time()
-        handed_back = getattr(self.tokenizer, "handed_back", 0)
+        handed_back = self.tokenizer.handed_back
         self.writers = {k: ShardWriter(shard_prefix(job.workdir, shard.index, k), job.dtype) for k in job.keys}
         try:
             lines = self._read_all()
@@ -148,7 +148,7 @@ class ShardJob:
         self._report(force=True)
         marker = {"shard": shard.identity(), "lines": lines, "outputs": outputs,
                   "examples": sorted(self.examples, key=lambda e: e[2]), "seconds": round(time.time() - start, 3),
-                  "library_texts": getattr(self.tokenizer, "handed_back", 0) - handed_back}
+                  "library_texts": self.tokenizer.handed_back - handed_back}
         write_json_atomic(marker_path(job.workdir, shard.index), marker)
         return marker
 

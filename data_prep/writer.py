@@ -21,6 +21,8 @@ import numpy as np
 
 from pap.errors import PapError
 
+from data_prep.index import DTYPE_CODES, INDEX_HEADER, read_index
+
 # megatron.core.datasets.indexed_dataset.DType.optimal_dtype: uint16 below this vocabulary size.
 UINT16_VOCAB_LIMIT = 65500
 DTYPES = {"uint16": np.uint16, "int32": np.int32}
@@ -64,8 +66,6 @@ _FLUSH_TOKENS = 1 << 22  # tokens buffered before a write to .bin
 
 def _index_header(dtype, sequences: int, documents: int) -> bytes:
     """Start of a `.idx` (megatron/core/datasets/indexed_dataset.py, `_IndexWriter.write`)."""
-    from data_prep.index import DTYPE_CODES, INDEX_HEADER
-
     code = {np.dtype(v): k for k, v in DTYPE_CODES.items()}[np.dtype(dtype)]
     return INDEX_HEADER + struct.pack("<Q", 1) + struct.pack("<B", code) + struct.pack("<QQ", sequences, documents)
 
@@ -140,8 +140,6 @@ def merge(shard_prefixes: Iterable[str], out_prefix: str, dtype) -> None:
     shard by shard with numpy: `add_index` runs `gc.collect()` per shard (0.2 s each once
     torch is imported) and holds every sequence length as a Python object.
     """
-    from data_prep.index import read_index
-
     itemsize = np.dtype(dtype).itemsize
     indices = [read_index(p) for p in shard_prefixes]
     for index in indices:

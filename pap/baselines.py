@@ -59,7 +59,7 @@ def oneshot(config: Union[str, PapConfig], source: str, target: float, calib_bat
     if calib_batches < 1:
         raise PapError(f"--calib-batches must be at least 1, got {calib_batches}")
     from pap.distributed import shutdown
-    from pap.prune_hook import scores_after
+    from pap.prune_hook import removal_event, scores_after
     from pap.pruning.select import choose, remove_from_arch
     from pap.sharding.reduce_saliency import global_scores
     from pap.sharding.reshard import apply_removals
@@ -91,10 +91,7 @@ def oneshot(config: Union[str, PapConfig], source: str, target: float, calib_bat
             chosen.append(removal)
             arch = remove_from_arch(arch, removal)
             scores = scores_after(scores, removal)
-            events.append({"iteration": 0, "tokens": 0, **removal.to_dict(), "params": arch.num_params(),
-                           "heads": arch.num_heads(0), "kv_heads": [arch.num_kv_heads(l) for l in
-                                                                    range(arch.num_layers)],
-                           "ffn": arch.ffn[0], "hidden": arch.hidden_size})
+            events.append(removal_event(0, 0, removal, arch))
         apply_removals(trainer, chosen)
         loss_after = trainer.evaluate()
         checkpoint.save(out, 0, 0, trainer.arch, trainer.model.module, None, None, trainer.layout, cfg.to_dict())

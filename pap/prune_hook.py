@@ -34,6 +34,13 @@ def scores_after(scores: GroupScores, removal: Removal) -> GroupScores:
     return replace(scores, stem=_drop(scores.stem, removal.indices[0]))
 
 
+def removal_event(iteration: int, tokens: int, removal: Removal, arch) -> dict:
+    """One line of `pruning_events.jsonl`: the removal and the shape right after it (`arch`)."""
+    return {"iteration": iteration, "tokens": tokens, **removal.to_dict(), "params": arch.num_params(),
+            "heads": arch.num_heads(0), "kv_heads": [arch.num_kv_heads(l) for l in range(arch.num_layers)],
+            "ffn": arch.ffn[0], "hidden": arch.hidden_size}
+
+
 class PruningHook:
     """Owns the saliency window and decides when and what to remove."""
 
@@ -132,10 +139,7 @@ class PruningHook:
 
     def _record(self, trainer, removal: Removal, arch) -> None:
         """Log one removal; `arch` is the shape right after it."""
-        event = {"iteration": trainer.iteration, "tokens": trainer.iteration * trainer.tokens_per_iter,
-                 **removal.to_dict(), "params": arch.num_params(), "heads": arch.num_heads(0),
-                 "kv_heads": [arch.num_kv_heads(l) for l in range(arch.num_layers)], "ffn": arch.ffn[0],
-                 "hidden": arch.hidden_size}
+        event = removal_event(trainer.iteration, trainer.iteration * trainer.tokens_per_iter, removal, arch)
         if trainer.topo.rank == 0:
             reached = " (target reached)" if arch.num_params() <= self.target else ""
             print(f"pruned {removal.kind} {list(removal.indices)} at iteration {trainer.iteration}: "
