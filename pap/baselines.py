@@ -81,7 +81,7 @@ def oneshot(config: Union[str, PapConfig], source: str, target: float, calib_bat
             trainer.model.zero_grad_buffer()
             trainer.forward_backward(trainer.train_batches.microbatches(batch * cfg.train.global_batch_size))
             hook.after_backward(trainer)
-        scores = global_scores(hook.accumulator, trainer.arch.num_layers)
+        scores = global_scores(hook.accumulator, trainer.arch)
         arch, chosen, events = trainer.arch, [], []
         while arch.num_params() > hook.target:
             removal = choose(scores, arch, cfg.prune.normalize, hook.floors)

@@ -7,8 +7,11 @@ Layout (Megatron-LM's names, so its users find their way):
     <dir>/iter_0000100/pap_state.json           Arch, iteration, scheduler, layout, config
 
 Tensors are saved with megatron-core `dist_checkpointing` as full, unsharded tensors under
-their global names (`model/<name>`, `optim/<moment>/<name>`), written once per pipeline
-stage: TP and DP copies are replicas. Any layout loads them, including the uneven TP
+their global names (`model/<name>`, `optim/<moment>/<name>`, and for runs whose weights
+are not fp32, the fp32 master weights as `optim/master/<name>`), written once per
+pipeline stage: TP and DP copies are replicas. Every tensor goes through
+`pap.sharding.training_state.TrainingState`, the one owner of a parameter's weight,
+master, moments and Adam step. Any layout loads them, including the uneven TP
 shards of a pruned model and the DP-sharded state of the distributed optimizer, because
 each rank slices what it holds. megatron's own sharded state dicts would assume even TP
 shards and tie the distributed optimizer's state to one TP/PP. The price is a TP (and,
@@ -53,6 +56,8 @@ class ResumeState:
     layout: dict
     config: dict
     adam_step: Optional[float] = None
+    masters: bool = False
+    """True when fp32 master weights were saved beside the weights (`optim/master/<name>`)."""
 
     @property
     def model_only(self) -> bool:
@@ -131,56 +136,73 @@ def _read_state(state_file: Path) -> ResumeState:
             layout=data["layout"],
             config=data.get("config", {}),
             adam_step=data.get("adam_step"),
+            masters=bool(data.get("masters", False)),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise PapError(f"{state_file}: unreadable checkpoint state ({exc}); delete this checkpoint "
                        f"directory to resume from an older one") from None
 
 
-def _full_tensors(model, optimizer, is_loading: bool) -> dict:
-    """{key: ShardedTensor} of this stage's full weights and (with `optimizer`) Adam moments."""
+def _sharded_tensors(model, optimizer, fields, is_loading: bool) -> dict:
+    """{key: ShardedTensor} of this stage's full tensors of `fields` (`pap.sharding.training_state`
+    names: `param` is written as `model/<name>`, the others as `optim/<field>/<name>`)."""
     from megatron.core import parallel_state as ps
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
-    from pap.sharding.adam_state import MOMENTS, gather_adam
-    from pap.sharding.full_state import EMBEDDING, TIED_OUTPUT, full_shape, global_name, tp_gather
+    from pap.sharding.full_state import EMBEDDING, full_shape
+    from pap.sharding.training_state import TrainingState
 
     tp_rank, dp_rank = ps.get_tensor_model_parallel_rank(), ps.get_data_parallel_rank()
-    moments = gather_adam(model, optimizer, across_pp=False) if optimizer is not None and not is_loading else None
+    state = TrainingState(model, optimizer)
+    gathered = None if is_loading else state.gather(fields, across_pp=False)
     out = {}
-    for local, param in model.named_parameters():
-        name = global_name(model, local)
+    for record in state.records:
         # The last stage's copy of a tied embedding is a replica of the first stage's
         # tensor: never written, but read back from it.
-        tied_copy = local == TIED_OUTPUT and model.share_embeddings_and_output_weights
-        if tied_copy:
-            name = EMBEDDING
+        tied_copy = state.is_tied_copy(record)
+        name = EMBEDDING if tied_copy else record.name
         replica = (1 if tied_copy else 0, tp_rank, dp_rank)
-        keys = {f"model/{name}": param.dtype}
-        if optimizer is not None:
-            keys.update({f"optim/{moment}/{name}": torch.float32 for moment in MOMENTS})
-        for key, dtype in keys.items():
+        for field in fields:
+            key = f"model/{name}" if field == "param" else f"optim/{field}/{name}"
+            dtype = record.param.dtype if field == "param" else torch.float32
             if is_loading or tied_copy:
-                tensor = torch.zeros(full_shape(param), dtype=dtype)
-            elif key.startswith("model/"):
-                tensor = tp_gather(param.detach(), param).cpu()
+                tensor = torch.zeros(full_shape(record.param), dtype=dtype)
             else:
-                moment = key.split("/")[1]
-                tensor = moments[moment][name]
+                tensor = gathered[field][name]
             out[key] = ShardedTensor.from_rank_offsets(key, tensor, replica_id=replica)
     return out
 
 
-def _load_full(path: Path, model, optimizer, adam_step) -> None:
-    from pap.sharding.adam_state import MOMENTS, scatter_adam
-    from pap.sharding.full_state import load_full_state
+def _saved_fields(model, optimizer) -> list:
+    """What a save writes: weights; with an optimizer, Adam's moments, and the fp32 masters
+    where they differ from the weights (any parameter not in fp32)."""
+    from pap.sharding.training_state import MOMENTS
 
-    loaded = _dist_load(_full_tensors(model, optimizer, is_loading=True), path)
-    load_full_state(model, {k[len("model/"):]: v for k, v in loaded.items() if k.startswith("model/")})
-    if optimizer is not None:
-        moments = {m: {k[len(f"optim/{m}/"):]: v for k, v in loaded.items() if k.startswith(f"optim/{m}/")}
-                   for m in MOMENTS}
-        scatter_adam(model, optimizer, moments, adam_step)
+    if optimizer is None:
+        return ["param"]
+    masters = any(p.dtype != torch.float32 for p in model.parameters())
+    return ["param"] + list(MOMENTS) + (["master"] if masters else [])
+
+
+def _load_full(resume: "ResumeState", model, optimizer, with_moments: bool) -> None:
+    """Load `resume`'s tensors into `model` (and `optimizer`) through their `TrainingState`.
+
+    Saved fp32 masters are the weights' source of truth when present: they set both the
+    masters and the model params (their cast), so a bf16 run resumes with its exact fp32
+    masters and an fp32 run started from a bf16 run's checkpoint gets full precision.
+    Without saved masters the masters are the saved weights, upcast.
+    """
+    from pap.sharding.training_state import MOMENTS, TrainingState
+
+    fields = ["param"] + (["master"] if resume.masters else []) + (list(MOMENTS) if with_moments else [])
+    loaded = _dist_load(_sharded_tensors(model, optimizer, fields, is_loading=True), resume.path)
+    full = {field: {} for field in fields}
+    for key, tensor in loaded.items():
+        field, name = ("param", key[len("model/"):]) if key.startswith("model/") else key[len("optim/"):].split("/", 1)
+        full[field][name] = tensor
+    if "master" in full:
+        del full["param"]
+    TrainingState(model, optimizer).write(full, (resume.adam_step or 0.0) if with_moments else None)
 
 
 def save(root: str, iteration: int, consumed_samples: int, arch: Arch, model, optimizer,
@@ -194,17 +216,18 @@ def save(root: str, iteration: int, consumed_samples: int, arch: Arch, model, op
     """
     from megatron.core import dist_checkpointing
 
+    from pap.sharding.training_state import TrainingState
+
     final = iteration_dir(root, iteration)
     partial = final.with_name(final.name + ".partial")
-    from pap.sharding.adam_state import adam_step as current_adam_step
-
+    fields = _saved_fields(model, optimizer)
     rank = dist.get_rank()
     if rank == 0:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
     dist.barrier()
-    dist_checkpointing.save(_full_tensors(model, optimizer, is_loading=False), str(partial))
-    adam_step = current_adam_step(optimizer) if optimizer is not None else None
+    dist_checkpointing.save(_sharded_tensors(model, optimizer, fields, is_loading=False), str(partial))
+    adam_step = TrainingState(model, optimizer).step() if optimizer is not None else None
     if rank_state is not None:
         torch.save(rank_state, partial / rank_state_file(*_coordinates()))
     if write_extra is not None:
@@ -214,6 +237,7 @@ def save(root: str, iteration: int, consumed_samples: int, arch: Arch, model, op
         state = {
             "format": "full",
             "adam_step": adam_step,
+            "masters": "master" in fields,
             "iteration": iteration,
             "consumed_samples": consumed_samples,
             "arch": json.loads(arch.to_json()),
@@ -267,9 +291,14 @@ def _dist_load(sharded_state: dict, path: Path) -> dict:
                        f"the checkpoint does not match its recorded architecture") from None
 
 
-def load_model(resume: ResumeState, model) -> None:
-    """Load only the weights of `resume` into `model` (any TP/PP layout)."""
-    _load_full(resume.path, model, None, None)
+def load_model(resume: ResumeState, model, optimizer=None) -> None:
+    """Load only the weights of `resume` into `model` (any TP/PP layout).
+
+    With `optimizer`, its fp32 masters are set too (`init_from`: the optimizer exists
+    already, and in bf16 its masters are separate copies that the first step would
+    otherwise copy back over the loaded weights); Adam's state is left fresh.
+    """
+    _load_full(resume, model, optimizer, with_moments=False)
 
 
 def read(path: str) -> ResumeState:
@@ -286,5 +315,5 @@ def read(path: str) -> ResumeState:
 
 def load(resume: ResumeState, model, optimizer, scheduler, layout: dict) -> None:
     """Load model, optimizer and scheduler state from `resume` into freshly built objects (any layout)."""
-    _load_full(resume.path, model, optimizer, resume.adam_step or 0.0)
+    _load_full(resume, model, optimizer, with_moments=True)
     scheduler.load_state_dict(resume.scheduler)

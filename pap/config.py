@@ -57,7 +57,8 @@ class ModelConfig:
     init_std: float = 0.02
     """Std of the normal initialisation of the weights."""
     params_dtype: str = "fp32"
-    """fp32 or bf16 (bf16 needs a GPU)."""
+    """fp32, or bf16 weights with fp32 master weights in the optimizer (what GPU runs use;
+    also runs on CPU, slowly)."""
     transformer_impl: str = "auto"
     """local (torch modules), transformer_engine, or auto (TE when importable with CUDA)."""
 

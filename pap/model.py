@@ -50,8 +50,6 @@ def transformer_config(arch: Arch, cfg: PapConfig, dtype: Optional[torch.dtype] 
     cluster = needs_cluster_layers(arch) or needs_placement(arch, tp)
     on_gpu = torch.cuda.is_available()
     if dtype is None:
-        if cfg.model.params_dtype == "bf16" and not on_gpu:
-            raise PapError("model.params_dtype=bf16 needs a GPU; use model.params_dtype=fp32 on CPU")
         dtype = torch.bfloat16 if cfg.model.params_dtype == "bf16" else torch.float32
     bf16 = dtype == torch.bfloat16
     if cluster:

@@ -10,6 +10,7 @@ pretraining. Every removal is appended to `<checkpoint.dir>/pruning_events.jsonl
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from typing import List, Optional
 
@@ -56,6 +57,9 @@ class PruningHook:
         self._new_removals: List[Removal] = []
         self.reached_now = False
         """Set by the round that reaches the target; the trainer saves the `pruned` checkpoint."""
+        self.round_seconds = 0.0
+        """Wall time of the last pruning round (reduction, choice, removal and rebuild)."""
+        self._round_ran = False
         trainer.after_backward_hooks.append(self.after_backward)
         trainer.after_step_hooks.append(self.after_step)
 
@@ -71,8 +75,8 @@ class PruningHook:
     def after_step(self, trainer, step) -> None:
         if not self.active(trainer) or self.accumulator.steps < self.cfg.grad_steps:
             return
-        scores = global_scores(self.accumulator, trainer.arch.num_layers,
-                               dp_sharded=trainer.cfg.parallel.distributed_optimizer)
+        start = time.time()
+        scores = global_scores(self.accumulator, trainer.arch, dp_sharded=trainer.cfg.parallel.distributed_optimizer)
         # Choose the round's removals on the Arch alone, then cut them all in one rebuild.
         arch, chosen = trainer.arch, []
         while len(chosen) < self.cfg.prune_steps and arch.num_params() > self.target:
@@ -90,6 +94,13 @@ class PruningHook:
             self._record(trainer, removal, after)
         self.accumulator.reset()
         self.reached_now = not self.active(trainer)
+        if not chosen:  # at the floors: nothing removable (the trainer reports the stage's end)
+            return
+        self.round_seconds = time.time() - start
+        self._round_ran = True
+        if trainer.topo.rank == 0:
+            print(f"pruning round at iteration {trainer.iteration}: {len(chosen)} removal(s) in "
+                  f"{self.round_seconds:.2f} s", flush=True)
 
     def state_dict(self) -> dict:
         """The saliency window and the removals so far (this rank's share)."""
@@ -125,6 +136,9 @@ class PruningHook:
         # Which types were removed: running counts per kind (a step's increments show that round's choice).
         for kind in ("attn", "ffn", "stem"):
             values[f"pruning/removed_{kind}"] = sum(r.kind == kind for r in self.removals)
+        if self._round_ran:
+            values["pruning/round_s"] = self.round_seconds
+            self._round_ran = False
         if self._new_removals:
             for kind, value in zip(("attn", "ffn", "stem"), self._new_removals[0].candidates):
                 if value != float("inf"):

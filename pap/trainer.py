@@ -7,6 +7,7 @@ it holds a checkpoint); `Trainer.run()` trains to `cfg.train.iters`. Callbacks i
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from dataclasses import dataclass
@@ -97,7 +98,8 @@ class Trainer:
             self.iteration = self.resume.iteration
             self.consumed_samples = self.resume.consumed_samples
         elif source:
-            checkpoint.load_model(source, self.model.module)
+            # The optimizer exists already: its fp32 masters must take the source's weights too.
+            checkpoint.load_model(source, self.model.module, self.optimizer)
         # Pruning plugs in here: after_backward sees reduced gradients before the update,
         # after_step may change the model (see pap.prune_hook).
         self.after_backward_hooks: List[Callable[["Trainer"], None]] = []
@@ -133,13 +135,15 @@ class Trainer:
         """(Re)build this rank's model stage, DDP wrapper and optimizer for `arch`.
 
         Weights come from pap.init; callers that keep training (pruning) load the
-        surviving weights and optimizer state afterwards. The LR scheduler is kept.
+        surviving weights and optimizer state afterwards. The LR scheduler is kept. The
+        previous model, DDP buffers and optimizer are freed first.
         """
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.distributed import finalize_model_grads
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
         cfg, t = self.cfg, self.cfg.train
+        self._release_model()
         self.arch = arch
         module = build_model(arch, cfg)
         self.config = module.config
@@ -166,6 +170,30 @@ class Trainer:
         if scheduler is not None:
             scheduler.optimizer = self.optimizer
             scheduler.step(increment=0)  # write the current lr / wd into the new param groups
+
+    def _release_model(self) -> None:
+        """Drop every reference to the current model, DDP wrapper and optimizer so they are freed.
+
+        Plain reference counting does not free them: DDP's backward hooks live on the
+        params' gradient accumulators (C++ autograd nodes the garbage collector cannot see
+        through) and close over the DDP object, and the model's config holds bound methods
+        of DDP and the optimizer (`no_sync_func`, `grad_scale_func`) plus
+        `finalize_model_grads_func`. Break those links, then collect.
+        """
+        model = getattr(self, "model", None)
+        if model is None:
+            return
+        config = self.config
+        config.no_sync_func = config.grad_scale_func = config.finalize_model_grads_func = None
+        model.grad_accs.clear()  # the hooks' closures reference the DDP object
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None:
+            scheduler.optimizer = None
+        self.model = self.optimizer = self.config = None
+        del model, config
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     # ---- facts -----------------------------------------------------------------------------
     @property
@@ -227,6 +255,8 @@ class Trainer:
                             seconds=time.time() - start, skipped=not update_ok)
         for hook in self.after_step_hooks:
             hook(self, result)
+        # The step's time includes its hooks (a pruning round), so throughput shows their cost.
+        result.seconds = time.time() - start
         return result
 
     @torch.no_grad()

@@ -85,13 +85,13 @@ def head_group(heads_per_group: List[int], head: int) -> int:
     raise IndexError(f"head {head} out of range for groups {heads_per_group}")
 
 
-def _removable_heads(heads_per_group: List[int], min_kv_heads: int) -> torch.Tensor:
-    """Mask of query heads whose removal keeps at least `min_kv_heads` KV heads."""
+def _removable_heads(heads_per_group: List[int], min_kv_heads: int, device=None) -> torch.Tensor:
+    """Mask of query heads whose removal keeps at least `min_kv_heads` KV heads (on `device`)."""
     kv_heads = sum(1 for n in heads_per_group if n > 0)
     mask = []
     for n in heads_per_group:
         mask += [n > 1 or kv_heads > min_kv_heads] * n
-    return torch.tensor(mask, dtype=torch.bool)
+    return torch.tensor(mask, dtype=torch.bool, device=device)
 
 
 def choose(scores: GroupScores, arch: Arch, normalize: Optional[str] = None,
@@ -101,7 +101,7 @@ def choose(scores: GroupScores, arch: Arch, normalize: Optional[str] = None,
     candidates = [float("inf")] * 3
     picks = [(), (), ()]
     if all(arch.num_heads(l) > floors.heads for l in layers):
-        allowed = [_removable_heads(arch.heads_per_group[l], floors.kv_heads) for l in layers]
+        allowed = [_removable_heads(arch.heads_per_group[l], floors.kv_heads, scores.attn[l].device) for l in layers]
         if all(mask.any() for mask in allowed):
             masked = [scores.attn[l].masked_fill(~allowed[l], float("inf")) for l in layers]
             heads = tuple(int(torch.argmin(masked[l])) for l in layers)

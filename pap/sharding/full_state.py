@@ -64,18 +64,35 @@ def full_shape(param) -> torch.Size:
 
 
 def tp_gather(tensor: torch.Tensor, param) -> torch.Tensor:
-    """The TP=1 tensor assembled from every TP rank's `tensor` (a shard of `param`)."""
+    """The TP=1 tensor assembled from every TP rank's `tensor` (a shard of `param`).
+
+    Tensor collectives only, on `tensor`'s device (NCCL on GPU): uneven shards are padded
+    to the largest one and placed by the indices each rank holds.
+    """
     from megatron.core import parallel_state as ps
 
     placed = getattr(param, "pap_shard", None)
     if placed is not None:  # uneven shards placed by pap.sharding.layout
-        dim, indices, _ = placed
-        parts = [None] * ps.get_tensor_model_parallel_world_size()
-        dist.all_gather_object(parts, (indices, tensor.detach().cpu()), group=ps.get_tensor_model_parallel_group())
-        full = torch.empty(full_shape(param), dtype=tensor.dtype)
-        for rank_indices, rank_tensor in parts:
-            full.index_copy_(dim, rank_indices, rank_tensor)
-        return full
+        dim, indices, size = placed
+        group = ps.get_tensor_model_parallel_group()
+        world = ps.get_tensor_model_parallel_world_size()
+        rows = tensor.detach().movedim(dim, 0).contiguous()
+        count = torch.tensor([rows.shape[0]], dtype=torch.long, device=rows.device)
+        counts = [torch.empty_like(count) for _ in range(world)]
+        dist.all_gather(counts, count, group=group)
+        counts = [int(c) for c in counts]
+        longest = max(counts)
+        padded = rows.new_zeros((longest,) + tuple(rows.shape[1:]))
+        padded[:rows.shape[0]] = rows
+        where = torch.zeros(longest, dtype=torch.long, device=rows.device)
+        where[:rows.shape[0]] = indices.to(rows.device)
+        parts, places = [torch.empty_like(padded) for _ in range(world)], [torch.empty_like(where) for _ in range(world)]
+        dist.all_gather(parts, padded, group=group)
+        dist.all_gather(places, where, group=group)
+        full = rows.new_empty((size,) + tuple(rows.shape[1:]))
+        for n, part, place in zip(counts, parts, places):
+            full.index_copy_(0, place[:n], part[:n])
+        return full.movedim(0, dim)
 
     info = _tp_info(param)
     if info is None:
@@ -126,21 +143,49 @@ def gather_full_state(model, what="param", across_pp: bool = True) -> Dict[str, 
 
     A tied output layer on the last stage is left out (it is the embedding).
     """
-    from megatron.core import parallel_state as ps
-
     local = {}
     for name, param in model.named_parameters():
         if name == TIED_OUTPUT and model.share_embeddings_and_output_weights:
             continue  # the last stage's copy of a tied embedding (PP > 1)
         local[global_name(model, name)] = tp_gather(_local_tensor(param, what), param).cpu()
-    if not across_pp or ps.get_pipeline_model_parallel_world_size() == 1:
+    return gather_across_pp(local) if across_pp else local
+
+
+def full_name_of(model, local_name: str) -> str:
+    """The global name of parameter `local_name` of this stage (alias of `global_name`)."""
+    return global_name(model, local_name)
+
+
+def gather_across_pp(local: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Every PP stage's `local` tensors on every rank of the PP group.
+
+    Names, shapes and dtypes travel as small Python objects; the tensors themselves are
+    broadcast from their stage with tensor collectives on the training device.
+    """
+    from megatron.core import parallel_state as ps
+
+    if ps.get_pipeline_model_parallel_world_size() == 1:
         return local
-    stages = [None] * ps.get_pipeline_model_parallel_world_size()
-    dist.all_gather_object(stages, local, group=ps.get_pipeline_model_parallel_group())
+    group = ps.get_pipeline_model_parallel_group()
+    device = collective_device()
+    described = [None] * ps.get_pipeline_model_parallel_world_size()
+    dist.all_gather_object(described, [(n, tuple(t.shape), t.dtype) for n, t in local.items()], group=group)
     merged: Dict[str, torch.Tensor] = {}
-    for stage in stages:
-        merged.update(stage)
+    for stage, entries in enumerate(described):
+        source = dist.get_process_group_ranks(group)[stage]
+        for name, shape, dtype in entries:
+            if name in local and source == dist.get_rank():
+                tensor = local[name].to(device).contiguous()
+            else:
+                tensor = torch.empty(shape, dtype=dtype, device=device)
+            dist.broadcast(tensor, src=source, group=group)
+            merged[name] = tensor.cpu()
     return merged
+
+
+def collective_device() -> torch.device:
+    """Where tensors for collectives live: this rank's GPU (NCCL) when there is one, else the CPU (gloo)."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 @torch.no_grad()

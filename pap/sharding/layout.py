@@ -86,6 +86,8 @@ class LayerPlacement:
                 first_unit[g] = unit
                 unit += n + 2
         heads = [h for g in mine for h in range(first_head[g], first_head[g] + counts[g])]
+        self.heads = heads
+        """Global indices of this rank's query heads, in the order its shard holds them."""
         units = [u for g in mine for u in range(first_unit[g], first_unit[g] + counts[g] + 2)]
         self.qkv_rows = torch.tensor([u * d + r for u in units for r in range(d)])
         self.proj_columns = torch.tensor([h * d + r for h in heads for r in range(d)])

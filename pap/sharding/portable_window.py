@@ -67,7 +67,7 @@ def save_window(hook, trainer, directory: Path) -> None:
     acc = hook.accumulator
     model = trainer.model.module
     dp_sharded = trainer.cfg.parallel.distributed_optimizer
-    sums = global_scores(acc, trainer.arch.num_layers, dp_sharded, mean=False) if acc.steps else None
+    sums = global_scores(acc, trainer.arch, dp_sharded, mean=False) if acc.steps else None
     if dist.get_rank() == 0:
         torch.save({"steps": acc.steps, "metric": acc.metric, "target": hook.target,
                     "removals": [r.to_dict() for r in hook.removals],

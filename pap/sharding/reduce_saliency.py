@@ -1,71 +1,72 @@
-"""Global group scores from every rank's partial saliency sums (small collectives only).
+"""Global group scores from every rank's partial saliency sums (one small tensor collective chain).
 
-* Heads and FFN channels: a TP rank holds complete scores for its own heads/channels;
-  megatron splits both contiguously by TP rank, so an all-gather over TP in rank order
-  gives each layer's global vector. Layers live on one PP stage; an object all-gather
-  over PP gives every rank every layer.
+Every rank lays the whole model's scores out in one flat vector — each layer's heads,
+then each layer's FFN channels, then the hidden channels — fills in what it holds and
+leaves zeros elsewhere; SUM all-reduces then assemble the global vector:
+
+* Heads and FFN channels: a TP rank holds complete scores for its own heads/channels
+  (which ones: `pap.sharding.layout.LayerPlacement`, megatron's even split included), and
+  a layer lives on one PP stage; every other rank adds zeros, so these sums are exact.
 * Hidden channels: each TP rank saw only its columns of the row-parallel weights, and
-  each stage only its layers: SUM over TP, then over PP.
+  each stage only its layers: the SUM over TP, then over PP, adds the partial sums.
 * Data parallelism: with the plain optimizer, gradients are already averaged over DP
   ranks, so every replica holds the same sums. With the distributed optimizer each DP
-  rank scored only the ranges it owns, and the vectors are summed over DP first.
-Every rank ends with identical numbers, so every rank makes the same decision.
+  rank scored only the ranges it owns, and the vector is summed over DP first.
+
+The collectives run on the scores' device (NCCL on GPU), in float64. Every rank ends
+with identical numbers, returned on the CPU, so every rank makes the same decision.
 """
 
 from __future__ import annotations
 
+from typing import List
+
 import torch
 import torch.distributed as dist
 
+from pap.arch import Arch
 from pap.pruning.accumulator import SaliencyAccumulator
 from pap.pruning.select import GroupScores
 
 
-def _gather_tp(vector: torch.Tensor) -> torch.Tensor:
-    from megatron.core import parallel_state as ps
-
-    size = ps.get_tensor_model_parallel_world_size()
-    if size == 1:
-        return vector
-    parts = [None] * size
-    dist.all_gather_object(parts, vector, group=ps.get_tensor_model_parallel_group())
-    return torch.cat(parts)
+def _segments(arch: Arch) -> List[int]:
+    """Lengths of the flat vector's pieces: heads per layer, FFN width per layer, hidden."""
+    layers = range(arch.num_layers)
+    return [arch.num_heads(l) for l in layers] + [arch.ffn[l] for l in layers] + [arch.hidden_size]
 
 
-def _sum_dp(vector: torch.Tensor) -> torch.Tensor:
-    from megatron.core import parallel_state as ps
-
-    vector = vector.clone()
-    dist.all_reduce(vector, group=ps.get_data_parallel_group())
-    return vector
-
-
-def global_scores(acc: SaliencyAccumulator, num_layers: int, dp_sharded: bool = False,
+def global_scores(acc: SaliencyAccumulator, arch: Arch, dp_sharded: bool = False,
                   mean: bool = True) -> GroupScores:
-    """Mean (over the window's steps) group scores of the whole model, on every rank.
+    """Mean (over the window's steps) group scores of the whole model, on every rank (CPU tensors).
 
     `dp_sharded`: each DP rank scored only the gradient ranges it owns (distributed
-    optimizer), so the partial vectors are first summed over DP. `mean=False`: the sums.
+    optimizer), so the partial vectors are also summed over DP. `mean=False`: the sums.
     """
     from megatron.core import parallel_state as ps
 
-    steps = max(acc.steps, 1) if mean else 1
-    local_attn, local_ffn, local_stem = acc.attn, acc.ffn, acc.stem
+    from pap.sharding.full_state import collective_device
+    from pap.sharding.layout import LayerPlacement
+
+    tp, tp_rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
+    lengths = _segments(arch)
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    layers = arch.num_layers
+    device = collective_device()
+    flat = torch.zeros(sum(lengths), dtype=torch.float64, device=device)
+    for layer, scores in acc.attn.items():
+        place = LayerPlacement(arch, layer, tp, tp_rank)
+        heads = torch.tensor(place.heads, dtype=torch.long, device=device)
+        flat.index_copy_(0, starts[layer] + heads, scores.to(device, torch.float64))
+        channels = torch.tensor(list(place.channels), dtype=torch.long, device=device)
+        flat.index_copy_(0, starts[layers + layer] + channels, acc.ffn[layer].to(device, torch.float64))
+    if acc.stem is not None:
+        flat[starts[-1]:] = acc.stem.to(device, torch.float64)
     if dp_sharded:
-        local_attn = {l: _sum_dp(v) for l, v in sorted(local_attn.items())}
-        local_ffn = {l: _sum_dp(v) for l, v in sorted(local_ffn.items())}
-        local_stem = _sum_dp(local_stem)
-    attn = {l: _gather_tp(v) / steps for l, v in local_attn.items()}
-    ffn = {l: _gather_tp(v) / steps for l, v in local_ffn.items()}
-    stem = local_stem.clone() / steps
-    if ps.get_tensor_model_parallel_world_size() > 1:
-        dist.all_reduce(stem, group=ps.get_tensor_model_parallel_group())
+        dist.all_reduce(flat, group=ps.get_data_parallel_group())
+    if tp > 1:
+        dist.all_reduce(flat, group=ps.get_tensor_model_parallel_group())
     if ps.get_pipeline_model_parallel_world_size() > 1:
-        dist.all_reduce(stem, group=ps.get_pipeline_model_parallel_group())
-        stages = [None] * ps.get_pipeline_model_parallel_world_size()
-        dist.all_gather_object(stages, (attn, ffn), group=ps.get_pipeline_model_parallel_group())
-        for stage_attn, stage_ffn in stages:
-            attn.update(stage_attn)
-            ffn.update(stage_ffn)
-    return GroupScores(attn=[attn[l] for l in range(num_layers)], ffn=[ffn[l] for l in range(num_layers)],
-                       stem=stem)
+        dist.all_reduce(flat, group=ps.get_pipeline_model_parallel_group())
+    flat = flat.cpu() / (max(acc.steps, 1) if mean else 1)
+    pieces = list(torch.split(flat, lengths))
+    return GroupScores(attn=pieces[:layers], ffn=pieces[layers:2 * layers], stem=pieces[-1])

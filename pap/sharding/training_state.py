@@ -1,0 +1,270 @@
+"""One owner for each parameter's training state: model param, fp32 master, Adam moments, step.
+
+megatron-core keeps a parameter's training state in up to four places, and where depends
+on the optimizer and the dtype:
+
+=====================  ====================  ==========================  ======================
+optimizer              fp32 master           Adam moments keyed by       covers
+=====================  ====================  ==========================  ======================
+FP32Optimizer          the model param       the model param             this TP shard
+Float16Optimizer...    ``param.main_param``  the fp32 master             this TP shard
+(bf16, plain)          (a separate copy)
+DistributedOptimizer   shard main param      the shard main param        one flat DP range
+                       (a view of the param
+                       in fp32, a copy in
+                       bf16)
+=====================  ====================  ==========================  ======================
+
+and Adam's step count lives either in each parameter's state (torch's Adam/AdamW, what
+megatron uses on CPU) or in the optimizer's ``param_groups`` (Transformer Engine's and
+apex's FusedAdam, what megatron uses on GPU, and what megatron's own checkpoints read).
+
+`TrainingState` hides all of that. Given a model stage and its megatron optimizer it
+reads and writes, by global parameter name and in full (TP=1) shape, the fields
+
+* ``master``: the fp32 master weight (the source of truth: the model param is its cast);
+* ``exp_avg``, ``exp_avg_sq``: Adam's moments (zeros before the first step);
+* ``param``: the model param itself, in its own dtype;
+
+and Adam's step. A pruning round, a checkpoint save and load, ``init_from`` and a resume
+at another layout all go through it, so the bf16 case, where master and model param are
+different tensors, cannot be forgotten by one of them. Collectives are tensor
+collectives on the parameters' device (NCCL on GPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+from pap.sharding.full_state import EMBEDDING, TIED_OUTPUT, full_name_of, gather_across_pp, tp_gather, tp_slice
+
+MOMENTS = ("exp_avg", "exp_avg_sq")
+OPTIMIZER_FIELDS = ("master",) + MOMENTS
+FIELDS = ("param",) + OPTIMIZER_FIELDS
+
+
+@dataclass
+class ParamRecord:
+    """Where one model parameter's training state lives on this rank."""
+
+    name: str                              # global (TP=1, PP=1) name
+    param: torch.nn.Parameter              # the model param: this rank's TP shard
+    master: Optional[torch.Tensor]         # fp32 master of `span`; None: no optimizer, or no range owned
+    inner: Optional[torch.optim.Optimizer]  # the torch optimizer holding the Adam state
+    span: Optional[Tuple[int, int]]        # flat range of `param` that `master` covers; None: all of it
+
+    @property
+    def shares_storage(self) -> bool:
+        """True where the master *is* the model param (fp32 runs)."""
+        return self.master is not None and self.master.data_ptr() == self.param.data_ptr() \
+            and self.master.dtype == self.param.dtype
+
+    def adam(self) -> dict:
+        """The torch optimizer's state dict entry of this parameter (created empty if missing)."""
+        return self.inner.state[self.master]
+
+
+def _chained(optimizer) -> list:
+    return list(getattr(optimizer, "chained_optimizers", [optimizer]))
+
+
+def _is_distributed(opt) -> bool:
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    return isinstance(opt, DistributedOptimizer)
+
+
+def _masters(opt) -> Dict[int, Tuple[torch.Tensor, Optional[Tuple[int, int]]]]:
+    """id(model param) -> (fp32 master, flat span or None) for one megatron optimizer."""
+    found = {}
+    if _is_distributed(opt):
+        for param, (group, order) in opt.model_param_group_index_map.items():
+            rng = opt._get_model_param_range_map(param)["param"]
+            found[id(param)] = (opt.optimizer.param_groups[group]["params"][order], (rng.start, rng.end))
+        return found
+    if hasattr(opt, "float16_groups"):  # Float16OptimizerWithFloat16Params: separate fp32 copies
+        for model_group, main_group in zip(opt.float16_groups, opt.fp32_from_float16_groups):
+            for param, main in zip(model_group, main_group):
+                found[id(param)] = (main, None)
+        for group in opt.fp32_from_fp32_groups:
+            for param in group:
+                found[id(param)] = (param, None)
+        return found
+    for group in opt.optimizer.param_groups:  # FP32Optimizer: the model params themselves
+        for param in group["params"]:
+            found[id(param)] = (param, None)
+    return found
+
+
+def keeps_step_in_param_groups(inner: torch.optim.Optimizer) -> bool:
+    """True for FusedAdam-style optimizers (Transformer Engine, apex): one `step` per param group.
+
+    torch's Adam and AdamW keep a per-parameter `state["step"]` instead.
+    """
+    return not isinstance(inner, (torch.optim.Adam, torch.optim.AdamW))
+
+
+class TrainingState:
+    """Read and write every parameter's training state of one model stage by global name."""
+
+    def __init__(self, module, optimizer=None):
+        self.module = module
+        self.optimizer = optimizer
+        self.distributed = optimizer is not None and any(_is_distributed(o) for o in _chained(optimizer))
+        masters, inners = {}, {}
+        for opt in _chained(optimizer) if optimizer is not None else []:
+            for key, value in _masters(opt).items():
+                masters[key] = value
+                inners[key] = opt.optimizer
+        self.records: List[ParamRecord] = []
+        for local_name, param in module.named_parameters():
+            master, span = masters.get(id(param), (None, None))
+            if self.distributed and master is None:
+                span = (0, 0)  # this DP rank owns no range of it
+            self.records.append(ParamRecord(full_name_of(module, local_name), param, master,
+                                            inners.get(id(param)), span))
+
+    @property
+    def inner_optimizers(self) -> list:
+        return [o.optimizer for o in _chained(self.optimizer)] if self.optimizer is not None else []
+
+    def is_tied_copy(self, record: ParamRecord) -> bool:
+        """The last stage's copy of a tied embedding (PP > 1): a replica, never the source of truth."""
+        return record.name == TIED_OUTPUT and self.module.share_embeddings_and_output_weights
+
+    # ---- local (this TP shard) ------------------------------------------------------------
+    def _owned_piece(self, record: ParamRecord, field: str) -> Optional[torch.Tensor]:
+        """The fp32 values of `field` that this rank holds for `record` (flat over its span, or shaped)."""
+        if record.master is None:
+            return None
+        if field == "master":
+            return record.master.detach()
+        state = record.inner.state.get(record.master, {})
+        return state[field].detach() if field in state else None
+
+    def local(self, record: ParamRecord, fields: Iterable[str]) -> Dict[str, torch.Tensor]:
+        """{field: fp32 tensor shaped like this rank's shard of the param} (collective over DP
+        with the distributed optimizer: every DP rank must call it for the same records)."""
+        from megatron.core import parallel_state as ps
+
+        param = record.param
+        fields = list(fields)
+        out = {}
+        if "param" in fields:
+            out["param"] = param.detach()
+        wanted = [f for f in fields if f != "param"]
+        if not wanted:
+            return out
+        if record.span is None:  # the whole shard is here
+            for field in wanted:
+                piece = self._owned_piece(record, field)
+                out[field] = (piece.float() if piece is not None
+                              else param.detach().float() if field == "master"
+                              else torch.zeros(param.shape, dtype=torch.float32, device=param.device))
+            return out
+        # Distributed optimizer: each DP rank holds one flat range; every element is owned by
+        # exactly one rank, so a SUM of zero-filled buffers assembles it exactly.
+        flat = torch.zeros(len(wanted), param.numel(), dtype=torch.float32, device=param.device)
+        start, end = record.span
+        for row, field in enumerate(wanted):
+            piece = self._owned_piece(record, field)
+            if piece is not None and end > start:
+                flat[row, start:end] = piece.reshape(-1).float()
+        dist.all_reduce(flat, group=ps.get_data_parallel_group())
+        for row, field in enumerate(wanted):
+            out[field] = flat[row].view(param.shape)
+        return out
+
+    @torch.no_grad()
+    def set_local(self, record: ParamRecord, values: Dict[str, torch.Tensor], step: Optional[float]) -> None:
+        """Write this rank's shard of `record` from `values` (fp32 tensors shaped like the shard).
+
+        `values["master"]` (or, without it, `values["param"]`) sets both the fp32 master and
+        the model param (its cast): the model param is always the master rounded to its dtype.
+        """
+        weights = values.get("master", values.get("param"))
+        param = record.param
+        if weights is not None:
+            weights = weights.to(param.device)
+            param.copy_(weights.to(param.dtype))
+            if record.master is not None and not record.shares_storage:
+                piece = weights.reshape(-1)[record.span[0]:record.span[1]] if record.span else weights
+                record.master.copy_(piece.reshape(record.master.shape).to(torch.float32))
+        if record.master is None or not any(m in values for m in MOMENTS):
+            return
+        state = record.adam()
+        for moment in MOMENTS:
+            full = values.get(moment)
+            if full is None:
+                full = torch.zeros(param.shape, dtype=torch.float32)
+            full = full.to(param.device, torch.float32)
+            piece = full.reshape(-1)[record.span[0]:record.span[1]] if record.span else full
+            state[moment] = piece.reshape(record.master.shape).clone()
+        if step is not None and not keeps_step_in_param_groups(record.inner):
+            state["step"] = torch.tensor(float(step), dtype=torch.float32)
+
+    # ---- full (TP=1) tensors by global name ------------------------------------------------
+    def gather(self, fields: Iterable[str], across_pp: bool = True) -> Dict[str, Dict[str, torch.Tensor]]:
+        """{field: {global name: full TP=1 tensor on the CPU}}; collective over TP (and DP, PP).
+
+        A tied output layer on the last stage is left out (it is the embedding).
+        """
+        fields = list(fields)
+        result = {field: {} for field in fields}
+        for record in self.records:
+            local = self.local(record, fields)
+            if self.is_tied_copy(record):
+                continue
+            for field in fields:
+                result[field][record.name] = tp_gather(local[field], record.param).cpu()
+        if across_pp:
+            result = {field: gather_across_pp(tensors) for field, tensors in result.items()}
+        return result
+
+    def write(self, full: Dict[str, Dict[str, torch.Tensor]], step: Optional[float] = None) -> None:
+        """Give every parameter of this stage its slice of `full` ({field: {global name: tensor}}).
+
+        `master` or `param` is required; moments are optional (absent: Adam starts afresh for
+        those tensors) and `step` sets Adam's step count wherever it is kept.
+        """
+        source = "master" if "master" in full else "param"
+        for record in self.records:
+            key = record.name
+            if key not in full[source] and key in (TIED_OUTPUT, EMBEDDING):
+                key = EMBEDDING if key == TIED_OUTPUT else TIED_OUTPUT
+            if key not in full[source]:
+                raise KeyError(f"full state has no tensor for {key}")
+            values = {field: tp_slice(tensors[key], record.param) for field, tensors in full.items()
+                      if key in tensors}
+            self.set_local(record, values, step)
+        if step is not None:
+            self.set_step(step)
+
+    # ---- Adam's step ---------------------------------------------------------------------------
+    def step(self) -> float:
+        """Adam's step count, agreed by every rank (a rank may own no state at all)."""
+        value = 0.0
+        for inner in self.inner_optimizers:
+            if keeps_step_in_param_groups(inner):
+                value = max([value] + [float(g["step"]) for g in inner.param_groups if "step" in g])
+            else:
+                value = max([value] + [float(s["step"]) for s in inner.state.values() if "step" in s])
+        total = torch.tensor([value], dtype=torch.float64)
+        if dist.is_initialized():
+            dist.all_reduce(total, op=dist.ReduceOp.MAX)
+        return float(total.item())
+
+    def set_step(self, step: float) -> None:
+        """Set Adam's step count where this optimizer keeps it (param groups or per-param state)."""
+        for inner in self.inner_optimizers:
+            if keeps_step_in_param_groups(inner):
+                for group in inner.param_groups:
+                    group["step"] = int(step)
+            else:
+                for state in inner.state.values():
+                    if state:
+                        state["step"] = torch.tensor(float(step), dtype=torch.float32)
