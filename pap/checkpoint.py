@@ -164,7 +164,9 @@ def _sharded_tensors(model, optimizer, fields, is_loading: bool) -> dict:
         replica = (1 if tied_copy else 0, tp_rank, dp_rank)
         for field in fields:
             key = f"model/{name}" if field == "param" else f"optim/{field}/{name}"
-            dtype = record.param.dtype if field == "param" else torch.float32
+            # Loads read into fp32 whatever the saved dtype (exact for bf16): an fp32 checkpoint
+            # loaded into a bf16 run keeps full precision for the fp32 masters.
+            dtype = record.param.dtype if field == "param" and not is_loading else torch.float32
             if is_loading or tied_copy:
                 tensor = torch.zeros(full_shape(record.param), dtype=dtype)
             else:
