@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.pap-installed
 TORCH_CPU := torch==2.13.0
 NPROC  ?= 4
 
-.PHONY: install demo test test-fast corpus clean
+.PHONY: install demo test test-fast gpu-check corpus clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ test: $(STAMP)
 # Quick subset for local iteration.
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
+
+# The real-dtype checks on one GPU (bf16 masters, rounds, resume, freed memory, step time at
+# SmolLM-1.7B's layer shape): a few minutes; prints CHECK lines (docs/BENCHMARKS.md).
+gpu-check: $(STAMP)
+	$(PY) bench/gpu_check.py
 
 clean:
 	rm -rf $(VENV) data/embedded runs .pytest_cache

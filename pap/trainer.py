@@ -143,7 +143,7 @@ class Trainer:
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
         cfg, t = self.cfg, self.cfg.train
-        self._release_model()
+        self.release()
         self.arch = arch
         module = build_model(arch, cfg)
         self.config = module.config
@@ -171,8 +171,9 @@ class Trainer:
             scheduler.optimizer = self.optimizer
             scheduler.step(increment=0)  # write the current lr / wd into the new param groups
 
-    def _release_model(self) -> None:
-        """Drop every reference to the current model, DDP wrapper and optimizer so they are freed.
+    def release(self) -> None:
+        """Drop every reference to the current model, DDP wrapper and optimizer so they are freed
+        (`rebuild` does it first; call it when done with a trainer in a longer-lived process).
 
         Plain reference counting does not free them: DDP's backward hooks live on the
         params' gradient accumulators (C++ autograd nodes the garbage collector cannot see

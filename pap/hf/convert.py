@@ -186,7 +186,9 @@ def mcore_to_hf(ckpt: str, out: str, tokenizer: Optional[str] = None, dtype: str
     from pap.model import build_model
 
     _single_process_megatron()
-    model = build_model(arch, _conversion_config(model_cfg), dtype=saved_dtype, initialize=False)
+    # A bf16 run's checkpoint also holds fp32 masters: a wider export reads those, not their bf16 cast.
+    build_dtype = torch.float32 if source.masters and out_dtype == torch.float32 else saved_dtype
+    model = build_model(arch, _conversion_config(model_cfg), dtype=build_dtype, initialize=False)
     checkpoint.load_model(source, model)
     full = {name: tensor.detach() for name, tensor in model.state_dict().items() if not name.endswith("_extra_state")}
     final = write_hf_dir(full, arch, model_cfg, out, out_dtype, expand_kv, tokenizer)

@@ -204,6 +204,13 @@ def test_pruning_run_logs_saves_and_resumes_pruned(tmp_path, random_dataset):
     last = [r for r in records if "pruning/params" in r][-1]
     for kind in ("attn", "ffn", "stem"):
         assert last[f"pruning/removed_{kind}"] == sum(e["kind"] == kind for e in events)
+    # Every round's time is logged, and the step's time (hence tok/s, TFLOP/s) includes it.
+    round_iterations = sorted({e["iteration"] for e in events})
+    timed = {r["iteration"]: r for r in records if "pruning/round_s" in r}
+    assert sorted(timed) == round_iterations
+    for iteration, record in timed.items():
+        assert 0 < record["pruning/round_s"] <= record["iteration-time"]
+        assert f"pruning round at iteration {iteration}: " in out
     reached = [l for l in out.splitlines() if l.startswith("pap: pruning target reached at iteration ")]
     assert len(reached) == 1, out[-3000:]
     tagged = run_dir / "pruned"
@@ -353,6 +360,38 @@ def test_exit_signal_saves_and_stops(tmp_path, random_dataset):
     stopped = int(log.read_text().split("pap: exit requested: stopped at iteration ")[1].split(",")[0])
     assert 2 <= stopped < 100000
     assert (run_dir / "latest_checkpointed_iteration.txt").read_text().strip() == str(stopped)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("distopt", [False, True], ids=["plain", "distopt"])
+def test_bf16_resume_keeps_fp32_masters(distopt, tmp_path, random_dataset):
+    """bf16 with fp32 masters, pruning every step: killed after the checkpoint at step 3 and
+    resumed, the run repeats the uninterrupted run's removals and losses exactly (the
+    checkpoint holds the masters and Adam's step; rebuilding masters from bf16 weights, as
+    before, moved the losses); resumed at another layout it follows within bf16 tolerance."""
+    import shutil
+
+    parallel = {"tp": 1, "pp": 1, "distributed_optimizer": distopt}
+    cfg = tiny_config(random_dataset, parallel=parallel, model={"params_dtype": "bf16"},
+                      train={"iters": 6, "warmup_iters": 1, "eval_iters": 0},
+                      checkpoint={"dir": str(tmp_path / "ref"), "save_interval": 3},
+                      prune={"enabled": True, "target_params": 0.5, "grad_steps": 1, "min_ffn": 100})
+    run(2, write_config(tmp_path / "ref.yaml", cfg), log=tmp_path / "ref.log")
+    state = json.loads((tmp_path / "ref" / "iter_0000003" / "pap_state.json").read_text())
+    assert state["masters"] is True and state["adam_step"] == 3.0
+    reference = step_losses(tmp_path / "ref" / "metrics.jsonl")
+    for name, layout, tolerance in (("same", parallel, 0.0), ("tp2", {"tp": 2, "pp": 1}, 1e-2)):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        shutil.copytree(tmp_path / "ref" / "iter_0000003", run_dir / "iter_0000003")
+        (run_dir / "pruning_events.jsonl").write_text("".join(
+            json.dumps(e) + "\n" for e in events_of(tmp_path / "ref") if e["iteration"] <= 3))
+        resumed_cfg = {**cfg, "parallel": layout, "checkpoint": {**cfg["checkpoint"], "dir": str(run_dir)}}
+        run(2, write_config(tmp_path / f"{name}.yaml", resumed_cfg), log=tmp_path / f"{name}.log")
+        assert decisions(events_of(run_dir)) == decisions(events_of(tmp_path / "ref")), name
+        resumed = step_losses(run_dir / "metrics.jsonl")
+        for iteration in (4, 5, 6):
+            assert abs(resumed[iteration] - reference[iteration]) <= tolerance, (name, iteration)
 
 
 @pytest.mark.slow
