@@ -7,9 +7,9 @@ parallel run start from the same model; the test checks that too.
 Tolerances. fp32: reduction order only (~1e-7 relative per GEMM). bf16: every GEMM's
 output is rounded to 8 significant bits (unit round-off 2^-9 ~ 2e-3), and another layout
 sums partial products in another order before that rounding, so activations differ by
-an ulp here and there; the loss (a mean over 256 tokens of fp32 log-softmax) moves by
-~1e-3, gradients (fp32 accumulations of bf16 products) by ~1e-2 of their largest entry.
-The bounds below are ~3x the worst seen.
+an ulp here and there: the worst seen were 4.6e-5 on the first loss (a mean over 256
+tokens of fp32 log-softmax), 1.3e-2 of the largest entry on gradients (fp32 accumulations
+of bf16 products), 1.8e-3 on the five training losses. The bounds are 3-4x those.
 """
 
 import pytest
@@ -32,7 +32,7 @@ LAYOUTS = {
 
 
 # dtype: (first loss, gradients (relative to the largest entry), training losses)
-TOLERANCES = {"fp32": (1e-5, 1e-5, 1e-4), "bf16": (5e-3, 5e-2, 2e-2)}
+TOLERANCES = {"fp32": (1e-5, 1e-5, 1e-4), "bf16": (2e-4, 4e-2, 6e-3)}
 
 
 def _config(prefix, parallel, tied, dtype="fp32"):

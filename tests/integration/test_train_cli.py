@@ -368,26 +368,29 @@ def test_bf16_resume_keeps_fp32_masters(distopt, tmp_path, random_dataset):
     """bf16 with fp32 masters, pruning every step: killed after the checkpoint at step 3 and
     resumed, the run repeats the uninterrupted run's removals and losses exactly (the
     checkpoint holds the masters and Adam's step; rebuilding masters from bf16 weights, as
-    before, moved the losses); resumed at another layout it follows within bf16 tolerance."""
+    before, moved the losses); resumed at DP=1 it makes the same removals, losses within 1e-3."""
     import shutil
 
     parallel = {"tp": 1, "pp": 1, "distributed_optimizer": distopt}
     cfg = tiny_config(random_dataset, parallel=parallel, model={"params_dtype": "bf16"},
                       train={"iters": 6, "warmup_iters": 1, "eval_iters": 0},
                       checkpoint={"dir": str(tmp_path / "ref"), "save_interval": 3},
-                      prune={"enabled": True, "target_params": 0.5, "grad_steps": 1, "min_ffn": 100})
+                      prune={"enabled": True, "target_params": 0.5, "grad_steps": 1, "min_ffn": 100,
+                             "min_kv_heads": 2})
     run(2, write_config(tmp_path / "ref.yaml", cfg), log=tmp_path / "ref.log")
     state = json.loads((tmp_path / "ref" / "iter_0000003" / "pap_state.json").read_text())
     assert state["masters"] is True and state["adam_step"] == 3.0
     reference = step_losses(tmp_path / "ref" / "metrics.jsonl")
-    for name, layout, tolerance in (("same", parallel, 0.0), ("tp2", {"tp": 2, "pp": 1}, 1e-2)):
+    # At DP=1 each micro-batch's bf16 forward and backward are the same computations; only the
+    # fp32 gradient sums change order (~1e-7), so the decisions hold and the losses stay close.
+    for name, nproc, tolerance in (("same", 2, 0.0), ("dp1", 1, 1e-3)):
         run_dir = tmp_path / name
         run_dir.mkdir()
         shutil.copytree(tmp_path / "ref" / "iter_0000003", run_dir / "iter_0000003")
         (run_dir / "pruning_events.jsonl").write_text("".join(
             json.dumps(e) + "\n" for e in events_of(tmp_path / "ref") if e["iteration"] <= 3))
-        resumed_cfg = {**cfg, "parallel": layout, "checkpoint": {**cfg["checkpoint"], "dir": str(run_dir)}}
-        run(2, write_config(tmp_path / f"{name}.yaml", resumed_cfg), log=tmp_path / f"{name}.log")
+        resumed_cfg = {**cfg, "checkpoint": {**cfg["checkpoint"], "dir": str(run_dir)}}
+        run(nproc, write_config(tmp_path / f"{name}.yaml", resumed_cfg), log=tmp_path / f"{name}.log")
         assert decisions(events_of(run_dir)) == decisions(events_of(tmp_path / "ref")), name
         resumed = step_losses(run_dir / "metrics.jsonl")
         for iteration in (4, 5, 6):
