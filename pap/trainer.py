@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import os
 import time
+import weakref
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, List, Optional
@@ -179,7 +180,7 @@ class Trainer:
         params' gradient accumulators (C++ autograd nodes the garbage collector cannot see
         through) and close over the DDP object, and the model's config holds bound methods
         of DDP and the optimizer (`no_sync_func`, `grad_scale_func`) plus
-        `finalize_model_grads_func`. Break those links, then collect.
+        `finalize_model_grads_func`. Break those links and the objects go at once.
         """
         model = getattr(self, "model", None)
         if model is None:
@@ -190,9 +191,13 @@ class Trainer:
         scheduler = getattr(self, "scheduler", None)
         if scheduler is not None:
             scheduler.optimizer = None
+        alive = weakref.ref(model)
         self.model = self.optimizer = self.config = None
         del model, config
-        gc.collect()
+        # With those links broken, reference counting frees everything at once; a full
+        # collection (~0.2 s with megatron loaded) runs only if some other cycle kept it.
+        if alive() is not None:
+            gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
