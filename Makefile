@@ -32,7 +32,7 @@ demo: corpus
 	$(TORCHRUN) -m pap.train --config configs/tiny.yaml
 	$(TORCHRUN) -m pap.train --config configs/tiny_pap.yaml
 	$(PY) -m pap.plot runs/tiny_pap
-	$(PY) -m pap.convert mcore-to-hf --ckpt runs/tiny_pap --out runs/tiny_pap/hf --tokenizer data/embedded
+	$(PY) -m pap.convert mcore-to-hf --ckpt runs/tiny_pap --out runs/tiny_pap/hf --tokenizer data/embedded --overwrite
 	PYTHONWARNINGS=ignore $(PY) -m pap.generate runs/tiny_pap/hf
 	@echo "runs/tiny (source), runs/tiny_pap (pruned: checkpoints, pruning_events.jsonl, pruning.png, hf/)"
 

@@ -133,7 +133,7 @@ def check_versions(setup):
                "optimizer": type(trainer.optimizer.chained_optimizers[0].optimizer).__name__
                if hasattr(trainer.optimizer, "chained_optimizers") else type(trainer.optimizer).__name__}
     backend = {k: v for k, v in os.environ.items() if k.startswith(("NVTE_", "CUDA_DEVICE_MAX"))}
-    trainer.release()
+    trainer.close()
     return True, "; ".join(found) + f" | layers {classes} | attention env {backend or 'defaults'}"
 
 
@@ -147,7 +147,7 @@ def check_init_from(setup):
     source = Trainer(setup.config(dtype="fp32", train={"seed": 7}, checkpoint={"dir": str(source_dir)}))
     source.save()
     expected = training_state(source).gather(("param",))["param"]
-    source.release()
+    source.close()
     cfg = setup.config(distopt=True, train={"lr": 1e-4, "warmup_iters": 0, "seed": 1},
                        checkpoint={"init_from": str(source_dir)})
     trainer = Trainer(cfg)
@@ -157,7 +157,7 @@ def check_init_from(setup):
     trainer.train_step()
     after = training_state(trainer).gather(("master",))["master"]
     moved = max((after[n] - v).abs().max().item() for n, v in expected.items())
-    trainer.release()
+    trainer.close()
     return exact and 0 < moved <= 1.2 * lr, f"masters equal the fp32 source: {exact}; moved {moved:.2e} (lr {lr:.1e})"
 
 
@@ -173,7 +173,7 @@ def check_natural_rounds(setup, distopt):
     losses = [trainer.train_step().loss for _ in range(20)]
     kinds = sorted({r.kind for r in trainer.pruning.removals})
     rounds = len(trainer.pruning.removals)
-    trainer.release()
+    trainer.close()
     return rounds >= 5 and all(map(math.isfinite, losses)), \
         f"{rounds} removals ({', '.join(kinds)}), loss {losses[0]:.3f} -> {losses[-1]:.3f}"
 
@@ -208,7 +208,7 @@ def check_forced(setup, distopt):
         ok = ok and same and step_kept and loss == loss
         details.append(f"{kind}: state {'bit-identical' if same else 'CHANGED'}, step {step:.0f}"
                        f"{'' if step_kept else ' LOST'}")
-    trainer.release()
+    trainer.close()
     return ok, "; ".join(details)
 
 
@@ -234,7 +234,7 @@ def check_freed(setup, distopt):
     live = sum(isinstance(o, (DistributedDataParallel, GPTModel)) for o in gc.get_objects()) - before
     memory = torch.cuda.memory_allocated() if on_gpu else 0
     shrink = trainer.arch.num_params() / trainer.source_arch.num_params()
-    trainer.release()
+    trainer.close()
     # A leak keeps a whole model, its buffers and optimizer per round: 30 rounds would
     # multiply the footprint; the pruned model should need no more than the first one.
     ok = live == 2 and (not on_gpu or memory <= first * 1.05)
@@ -254,10 +254,10 @@ def check_resume(setup, distopt):
         trainer.train_step()
     trainer.save()
     expected = [trainer.train_step().loss for _ in range(3)]
-    trainer.release()
+    trainer.close()
     resumed = Trainer(cfg)
     got = [resumed.train_step().loss for _ in range(3)]
-    resumed.release()
+    resumed.close()
     return got == expected, f"next losses {expected} vs resumed {got}"
 
 
@@ -287,7 +287,7 @@ def check_step_time(setup, layers, seq, iters):
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
     mfu = f", MFU {100 * tflops / peak:.1f}% of {peak:.0f}" if peak else ""
     params = trainer.arch.num_params()
-    trainer.release()
+    trainer.close()
     return True, (f"{layers} layers of SmolLM-1.7B's shape ({params / 1e6:.0f}M params), seq {seq}, "
                   f"4 sequences/step: {seconds:.3f} s/step, {tokens / seconds:,.0f} tok/s, {tflops:.1f} TFLOP/s{mfu}")
 

@@ -123,3 +123,39 @@ def read_index(prefix: str) -> IndexInfo:
     offset += 8 * sequences
     doc_indices = mm[offset: offset + 8 * documents].view(np.int64)
     return IndexInfo(prefix, DTYPE_CODES[code], lengths, pointers, doc_indices)
+
+
+def validate_pair(prefix: str) -> IndexInfo:
+    """Check that `{prefix}.idx` describes `{prefix}.bin` exactly, in one pass over the index.
+
+    The index must be complete (no truncation, no trailing bytes, multimodal mode bytes
+    aside), its byte offsets must be the running sum of its sequence lengths, its document
+    boundaries must run from 0 to the sequence count without going back, and `.bin` must
+    hold exactly the tokens the index counts at the index's dtype: a `.bin` of another
+    dataset, another dtype or a truncated copy fails here, before any training step.
+    """
+    info = read_index(prefix)
+    idx, bin_path = prefix + ".idx", prefix + ".bin"
+    if not Path(bin_path).is_file():
+        raise PapError(f"{bin_path}: no such file (the data pair is {prefix}.bin/.idx)")
+    itemsize = np.dtype(info.dtype).itemsize
+    fix = f"re-create the pair with data_prep.tokenize, or restore the {prefix}.bin that belongs to {idx}"
+    expected = info.num_tokens * itemsize
+    actual = Path(bin_path).stat().st_size
+    if actual != expected:
+        raise PapError(f"{bin_path}: {actual:,} bytes, but {idx} describes {info.num_tokens:,} tokens of "
+                       f"{np.dtype(info.dtype).name} ({expected:,} bytes); {fix}")
+    needed = len(INDEX_HEADER) + 25 + info.num_sequences * 12 + len(info.document_indices) * 8
+    size = Path(idx).stat().st_size
+    if size not in (needed, needed + info.num_sequences):  # (+ one mode byte per sequence: multimodal)
+        raise PapError(f"{idx}: {size:,} bytes where its header promises {needed:,}; {fix}")
+    if info.num_sequences:
+        starts = np.zeros(info.num_sequences, dtype=np.int64)
+        np.cumsum(info.sequence_lengths[:-1], dtype=np.int64, out=starts[1:])
+        if (info.sequence_lengths < 0).any() or not np.array_equal(starts * itemsize, info.sequence_pointers):
+            raise PapError(f"{idx}: sequence offsets do not follow the sequence lengths (a damaged index); {fix}")
+    docs = info.document_indices
+    if len(docs) and (docs[0] != 0 or docs[-1] != info.num_sequences or (np.diff(docs) < 0).any()):
+        raise PapError(f"{idx}: document boundaries do not cover sequences 0..{info.num_sequences} in order "
+                       f"(a damaged index); {fix}")
+    return info

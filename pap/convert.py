@@ -11,7 +11,9 @@ Start a pruning-aware run from the converted weights with `checkpoint.init_from=
 Uniform shapes export as `LlamaForCausalLM`; per-layer shapes, cluster attention, or a
 hidden size that is not a multiple of the heads (which transformers rejects for Llama)
 export with pap's remote code (`trust_remote_code=True`). Errors print one `error:` line,
-exit 2 and leave nothing under the output name.
+exit 2 and leave nothing under the output name. An existing `--out` is refused unless it is
+empty, or an earlier pap output and `--overwrite` is given; an `--out` overlapping an input
+is always refused: nothing pap did not write is ever deleted.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def main(argv=None) -> int:
     to_mcore.add_argument("--out", required=True, help="pap checkpoint directory to create")
     to_mcore.add_argument("--tp", type=int, default=1, help="tensor-parallel size the model must divide into")
     to_mcore.add_argument("--pp", type=int, default=1, help="pipeline-parallel size the model must divide into")
+    to_mcore.add_argument("--overwrite", action="store_true", help="replace an earlier pap checkpoint at --out")
     to_hf = sub.add_parser("mcore-to-hf", help="pap checkpoint -> Hugging Face directory")
     to_hf.add_argument("--ckpt", required=True, help="pap checkpoint directory (root or one iter_* dir)")
     to_hf.add_argument("--out", required=True, help="HF model directory to create")
@@ -38,6 +41,7 @@ def main(argv=None) -> int:
     to_hf.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     to_hf.add_argument("--expand-kv", action="store_true",
                        help="write a plain LlamaForCausalLM: one KV head per query head, shapes zero-padded")
+    to_hf.add_argument("--overwrite", action="store_true", help="replace an earlier pap export at --out")
     args = parser.parse_args(argv)
 
     import warnings
@@ -48,9 +52,10 @@ def main(argv=None) -> int:
 
     try:
         if args.command == "hf-to-mcore":
-            convert.hf_to_mcore(args.hf, args.out, args.tp, args.pp)
+            convert.hf_to_mcore(args.hf, args.out, args.tp, args.pp, overwrite=args.overwrite)
         else:
-            convert.mcore_to_hf(args.ckpt, args.out, args.tokenizer, args.dtype, args.expand_kv)
+            convert.mcore_to_hf(args.ckpt, args.out, args.tokenizer, args.dtype, args.expand_kv,
+                                overwrite=args.overwrite)
     except PapError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2

@@ -31,11 +31,15 @@ def metadata_path(prefix: str) -> Path:
 
 
 def check_dataset(prefix: str, model_vocab_size: int) -> None:
-    """Fail with one clear line if `prefix` is missing or holds token ids the model cannot embed."""
+    """Fail with one clear line if `prefix` is missing, its `.bin` does not match its `.idx`, or it
+    holds token ids the model cannot embed."""
+    from data_prep.index import validate_pair
+
     missing = [p for p in (prefix + ".bin", prefix + ".idx") if not os.path.isfile(p)]
     if missing:
         raise PapError(f"data.blend: dataset prefix {prefix!r} not found (missing {', '.join(missing)}); "
                        f"give the path without .bin/.idx, e.g. data/corpus_text_document")
+    validate_pair(prefix)  # the .bin belongs to the .idx: sizes, dtype, offsets, documents
     meta = metadata_path(prefix)
     if meta.is_file():
         try:

@@ -62,9 +62,13 @@ def main(argv=None) -> int:
         from pap.distributed import shutdown
         from pap.trainer import Trainer
 
+        trainer = None
         try:
-            Trainer(cfg).run()
+            trainer = Trainer(cfg)
+            trainer.run()
         finally:
+            if trainer is not None:
+                trainer.close()
             shutdown()
     except PapError as exc:
         if rank == 0 or "RANK" not in os.environ:

@@ -65,6 +65,8 @@ class Trainer:
         self.cfg = cfg
         self.topo = topology or init_distributed(cfg.parallel.tp, cfg.parallel.pp, cfg.train.seed)
         t = cfg.train
+        # Before anything is read from or written to the run directory: one run per directory.
+        self.lock = _lock_run_directory(cfg.checkpoint.dir, self.topo.rank == 0) if cfg.checkpoint.dir else None
         self.resume = checkpoint.find_latest(cfg.checkpoint.dir)
         self.init_from = None
         if self.resume is None and cfg.checkpoint.init_from:
@@ -111,7 +113,9 @@ class Trainer:
 
             events = f"{cfg.checkpoint.dir}/pruning_events.jsonl" if cfg.checkpoint.dir else None
             self.pruning = PruningHook(self, events)
-            if self.iteration and self.topo.rank == 0:
+            if self.topo.rank == 0:
+                # Keep the events up to the checkpoint resumed from; a fresh start (a run killed
+                # before its first checkpoint, started again) empties the log.
                 self.pruning.truncate_events(self.iteration)
             if self.iteration:
                 self._restore_pruning_window()
@@ -200,6 +204,13 @@ class Trainer:
             gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def close(self) -> None:
+        """Free the model, DDP wrapper and optimizer, and give up the run directory's lock."""
+        self.release()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     # ---- facts -----------------------------------------------------------------------------
     @property
@@ -383,6 +394,26 @@ class Trainer:
             progress.print(f"validation loss at iteration {self.iteration}: {loss:.6f}")
             progress.scalars(self.iteration, {"lm loss validation": loss})
         return loss
+
+
+def _lock_run_directory(directory: str, is_rank0: bool):
+    """Rank 0 takes `directory`'s `RunLock`; every rank raises the same PapError if it cannot."""
+    from pap.run_lock import RunLock
+
+    lock, message = None, ""
+    if is_rank0:
+        try:
+            lock = RunLock(directory).acquire()
+        except PapError as exc:
+            message = str(exc)
+    failed = torch.tensor([1 if message else 0], dtype=torch.int32)
+    dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+    if failed.item():
+        raise PapError(message or f"checkpoint.dir {directory} is in use by another run (see rank 0)")
+    if lock is not None and lock.took_over:
+        print(f"pap: {lock.path}: its previous holder ({lock.took_over}) ended without releasing it; "
+              f"taking the lock over", flush=True)
+    return lock
 
 
 def check_same_model_settings(source: "checkpoint.ResumeState", cfg: PapConfig) -> None:

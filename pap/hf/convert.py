@@ -46,9 +46,33 @@ def _single_process_megatron(seed: int = 0) -> None:
     init_distributed(1, 1, seed)
 
 
+# What marks a directory as one pap wrote: only those are ever replaced.
+_MARKERS = {"checkpoint": ("latest_checkpointed_iteration.txt", "pap_state.json"), "export": ("pap_arch.json",)}
+
+
+def check_output(out: str, kind: str, overwrite: bool, inputs=()) -> None:
+    """Refuse an `--out` that would destroy something: an input or a directory holding one,
+    or an existing non-empty directory unless `overwrite` is given and pap wrote it (`kind`:
+    'checkpoint' or 'export'). Checked before any work."""
+    final = Path(out).resolve()
+    for source in inputs:
+        source = Path(source).resolve()
+        if final == source or final in source.parents:  # replacing --out would delete the input
+            raise PapError(f"--out {out}: holds the input {source}; choose another output directory")
+    if not final.exists() or (final.is_dir() and not any(final.iterdir())):
+        return
+    ours = final.is_dir() and any((final / marker).exists() for marker in _MARKERS[kind])
+    if not overwrite:
+        raise PapError(f"--out {out}: already exists; choose another directory"
+                       + (" or pass --overwrite to replace this earlier pap " + kind if ours else ""))
+    if not ours:
+        raise PapError(f"--out {out}: exists and is not a pap {kind} ({' or '.join(_MARKERS[kind])} missing); "
+                       f"pap replaces only what it wrote: choose another directory")
+
+
 def _replace_dir(partial: Path, final: Path) -> None:
     if final.exists():
-        shutil.rmtree(final)
+        shutil.rmtree(final)  # checked by check_output: empty, or an earlier pap output and --overwrite
     partial.rename(final)
 
 
@@ -74,9 +98,10 @@ def megatron_tensor(name: str, hf: SafetensorsReader, arch: Arch) -> torch.Tenso
     return tensor
 
 
-def hf_to_mcore(hf_dir: str, out: str, tp: int = 1, pp: int = 1, progress=print) -> Path:
+def hf_to_mcore(hf_dir: str, out: str, tp: int = 1, pp: int = 1, progress=print, overwrite: bool = False) -> Path:
     """Convert the HF Llama checkpoint in `hf_dir` to a pap checkpoint at `out`."""
     start = time.time()
+    check_output(out, "checkpoint", overwrite, inputs=[hf_dir])
     arch, model_cfg, dtype_name = read_hf_config(hf_dir)
     try:
         validate(_conversion_config(model_cfg, tp, pp), source=f"{hf_dir} at --tp {tp} --pp {pp}")
@@ -171,9 +196,10 @@ def hf_tensors(full: Dict[str, torch.Tensor], arch: Arch, expand_kv: bool = Fals
 
 
 def mcore_to_hf(ckpt: str, out: str, tokenizer: Optional[str] = None, dtype: str = "auto",
-                expand_kv: bool = False, progress=print) -> Path:
+                expand_kv: bool = False, progress=print, overwrite: bool = False) -> Path:
     """Export the pap checkpoint `ckpt` (any TP/PP it was saved with) as a HF model directory."""
     start = time.time()
+    check_output(out, "export", overwrite, inputs=[ckpt] + ([tokenizer] if tokenizer else []))
     source = checkpoint.read(ckpt)
     arch = source.arch
     saved_model = source.config.get("model", {})

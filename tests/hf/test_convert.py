@@ -175,3 +175,33 @@ def test_checkpoint_missing_a_tensor(tmp_path):
     _one_error_line(convert("mcore-to-hf", "--ckpt", str(tmp_path / "mcore"), "--out", str(tmp_path / "back"),
                             expect_ok=False), "cannot load the weights")
     assert not (tmp_path / "back").exists() and not (tmp_path / "back.partial").exists()
+
+
+def test_out_is_never_deleted_unless_pap_wrote_it(tmp_path):
+    """`--out` naming an unrelated folder, the input itself, or a folder holding the input is
+    refused with one line and left untouched; an earlier pap output is replaced only with
+    --overwrite. (Before, every one of these was deleted.)"""
+    hf = make_hf_model(tmp_path / "hf", **MODELS["gqa_tied"])
+    unrelated = tmp_path / "notes"
+    unrelated.mkdir()
+    (unrelated / "keep.txt").write_text("mine")
+    for extra in ((), ("--overwrite",)):
+        _one_error_line(convert("hf-to-mcore", "--hf", str(hf), "--out", str(unrelated), *extra, expect_ok=False),
+                        f"--out {unrelated}")
+        assert (unrelated / "keep.txt").read_text() == "mine"
+    _one_error_line(convert("hf-to-mcore", "--hf", str(hf), "--out", str(hf), expect_ok=False), "holds the input")
+    _one_error_line(convert("hf-to-mcore", "--hf", str(hf), "--out", str(tmp_path), expect_ok=False), "holds the input")
+    assert (hf / "config.json").is_file()
+
+    ckpt = tmp_path / "mcore"
+    convert("hf-to-mcore", "--hf", str(hf), "--out", str(ckpt))
+    _one_error_line(convert("mcore-to-hf", "--ckpt", str(ckpt), "--out", str(ckpt), "--overwrite", expect_ok=False),
+                    "holds the input")
+    assert (ckpt / "latest_checkpointed_iteration.txt").is_file()
+    _one_error_line(convert("hf-to-mcore", "--hf", str(hf), "--out", str(ckpt), expect_ok=False), "--overwrite")
+    convert("hf-to-mcore", "--hf", str(hf), "--out", str(ckpt), "--overwrite")
+    out = tmp_path / "export"
+    convert("mcore-to-hf", "--ckpt", str(ckpt), "--out", str(out))
+    _one_error_line(convert("mcore-to-hf", "--ckpt", str(ckpt), "--out", str(out), expect_ok=False), "--overwrite")
+    convert("mcore-to-hf", "--ckpt", str(ckpt), "--out", str(out), "--overwrite")
+    assert (out / "pap_arch.json").is_file()
