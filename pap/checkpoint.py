@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -38,6 +39,8 @@ from pap.errors import PapError
 
 TRACKER = "latest_checkpointed_iteration.txt"
 STATE_FILE = "pap_state.json"
+CHECKSUMS = "checksums.json"
+"""Size and CRC-32 of every file of a checkpoint (written at save, verified at resume)."""
 
 
 def iteration_dir(root: str, iteration: int) -> Path:
@@ -104,10 +107,11 @@ def load_rank_state(resume: ResumeState, layout: dict) -> Optional[dict]:
     return torch.load(path, weights_only=False) if path.is_file() else None
 
 
-def find_latest(root: Optional[str]) -> Optional[ResumeState]:
-    """The newest complete checkpoint under `root`, or None for a fresh start."""
+def complete_checkpoints(root: Optional[str]) -> list:
+    """The complete checkpoints under `root` (those with a state file), newest first: the
+    tracker's, then every `iter_*` directory by iteration."""
     if not root or not Path(root).is_dir():
-        return None
+        return []
     tracker = Path(root) / TRACKER
     candidates = []
     if tracker.is_file():
@@ -116,11 +120,55 @@ def find_latest(root: Optional[str]) -> Optional[ResumeState]:
             raise PapError(f"{tracker}: expected an iteration number, found {text[:40]!r}; "
                            f"fix or delete the file to resume from the newest iter_* directory")
         candidates.append(iteration_dir(root, int(text)))
-    candidates += sorted(Path(root).glob("iter_[0-9][0-9][0-9][0-9][0-9][0-9][0-9]"), reverse=True)
-    for path in candidates:
-        state_file = path / STATE_FILE
-        if state_file.is_file():
-            return _read_state(state_file)
+    for path in sorted(Path(root).glob("iter_[0-9][0-9][0-9][0-9][0-9][0-9][0-9]"), reverse=True):
+        if path not in candidates:
+            candidates.append(path)
+    return [_read_state(path / STATE_FILE) for path in candidates if (path / STATE_FILE).is_file()]
+
+
+def find_latest(root: Optional[str]) -> Optional[ResumeState]:
+    """The newest complete checkpoint under `root`, or None for a fresh start."""
+    found = complete_checkpoints(root)
+    return found[0] if found else None
+
+
+def _checksum(path: Path) -> str:
+    crc = 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(1 << 24)
+            if not block:
+                break
+            crc = zlib.crc32(block, crc)
+    return f"{crc:08x}"
+
+
+def _write_checksums(directory: Path) -> None:
+    """Record size and CRC-32 of every file under `directory` (rank 0, once all ranks wrote)."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name not in (STATE_FILE, CHECKSUMS))
+    table = {str(p.relative_to(directory)): {"size": p.stat().st_size, "crc32": _checksum(p)} for p in files}
+    _write_atomic(directory / CHECKSUMS, json.dumps(table, indent=0))
+
+
+def verify(path: Path) -> Optional[str]:
+    """None when every file of checkpoint `path` matches its recorded size and CRC-32 (or no
+    checksums were recorded: checkpoints from older versions); else what is wrong, naming the file."""
+    table_file = Path(path) / CHECKSUMS
+    if not table_file.is_file():
+        return None
+    try:
+        table = json.loads(table_file.read_text())
+    except ValueError:
+        return f"checkpoint {path} is damaged: {table_file} is not valid JSON"
+    for name, expected in sorted(table.items()):
+        file = Path(path) / name
+        if not file.is_file():
+            return f"checkpoint {path} is damaged: {file} is missing"
+        size = file.stat().st_size
+        if size != expected["size"]:
+            return f"checkpoint {path} is damaged: {file} has {size:,} bytes, {expected['size']:,} were written"
+        if _checksum(file) != expected["crc32"]:
+            return f"checkpoint {path} is damaged: {file} does not match the checksum written with it"
     return None
 
 
@@ -236,6 +284,7 @@ def save(root: str, iteration: int, consumed_samples: int, arch: Arch, model, op
         write_extra(partial)
     dist.barrier()
     if rank == 0:
+        _write_checksums(partial)
         state = {
             "format": "full",
             "adam_step": adam_step,

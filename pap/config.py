@@ -164,6 +164,9 @@ class CheckpointConfig:
     `python -m pap.convert hf-to-mcore`, when `dir` holds no checkpoint yet."""
     save_pruned: bool = True
     """Save a checkpoint when the pruning target is reached, linked as `<dir>/pruned`."""
+    fallback: bool = False
+    """When the newest checkpoint fails its checksums, resume from the newest complete one
+    that passes (instead of stopping with an error naming the damaged file)."""
 
 
 @dataclass
@@ -414,8 +417,11 @@ def parse_blend(blend: list, source: str = "<config>") -> tuple:
     if len(blend) % 2 or not all(_is_number(w) for w in blend[0::2]):
         raise ConfigError(f"{source}: data.blend must be [prefix, ...] or [weight, prefix, weight, prefix, ...]")
     weights = [float(w) for w in blend[0::2]]
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise ConfigError(f"{source}: data.blend weights must be non-negative and not all zero")
+    for weight, prefix in zip(weights, blend[1::2]):
+        # (megatron's blended dataset asserts every weight > 0)
+        if not weight > 0:
+            raise ConfigError(f"{source}: data.blend weight {weight:g} for {prefix} must be positive; "
+                              f"leave the dataset out of data.blend to skip it")
     return [str(x) for x in blend[1::2]], weights
 
 

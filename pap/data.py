@@ -98,6 +98,8 @@ def build_datasets(cfg: PapConfig, train_samples: int, valid_samples: int, cache
     prefixes, weights = parse_blend(cfg.data.blend)
     for prefix in prefixes:
         check_dataset(prefix, cfg.model.vocab_size)
+    if cache_dir:
+        check_data_cache(cache_dir)
     dataset_config = GPTDatasetConfig(
         random_seed=cfg.train.seed,
         sequence_length=cfg.data.seq_length,
@@ -116,6 +118,22 @@ def build_datasets(cfg: PapConfig, train_samples: int, valid_samples: int, cache
     if train is None:
         raise PapError(f"data.split={cfg.data.split!r} leaves no training data")
     return train, valid
+
+
+def check_data_cache(cache_dir: str) -> None:
+    """Fail with one line naming the file if a cached sample index is damaged.
+
+    megatron-core writes its document, sample and shuffle indices (`*.npy`) into the data
+    cache once and reads them on every later start; a run killed while they were written
+    leaves a truncated file that would fail every restart deep inside megatron.
+    """
+    for path in sorted(Path(cache_dir).rglob("*.npy")):
+        try:
+            np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise PapError(f"{path}: damaged data-cache file ({str(exc).splitlines()[0][:120]}), probably left by "
+                           f"a run killed while writing it; delete it (megatron-core rebuilds it on the next "
+                           f"start)") from None
 
 
 class Batches:

@@ -57,6 +57,8 @@ class PruningHook:
         self._new_removals: List[Removal] = []
         self.reached_now = False
         """Set by the round that reaches the target; the trainer saves the `pruned` checkpoint."""
+        self.stuck_at_floors = False
+        """Set once a round found nothing removable above the target (reported once)."""
         self.round_seconds = 0.0
         """Wall time of the last pruning round (reduction, choice, removal and rebuild)."""
         self._round_ran = False
@@ -94,7 +96,12 @@ class PruningHook:
             self._record(trainer, removal, after)
         self.accumulator.reset()
         self.reached_now = not self.active(trainer)
-        if not chosen:  # at the floors: nothing removable (the trainer reports the stage's end)
+        if not chosen:  # every dimension at its floor above the target
+            if not self.stuck_at_floors and trainer.topo.rank == 0:
+                print(f"pap: prune.target_params ({self.target:,}) cannot be reached: every dimension is at its "
+                      f"prune.min_* floor at {trainer.arch.num_params():,} parameters; training goes on at this "
+                      f"size (lower the floors to prune further)", flush=True)
+            self.stuck_at_floors = True
             return
         self.round_seconds = time.time() - start
         self._round_ran = True

@@ -60,17 +60,31 @@ class Trainer:
     """One rank's share of a pap training run."""
 
     def __init__(self, cfg: PapConfig, topology: Optional[Topology] = None):
-        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-
         self.cfg = cfg
         self.topo = topology or init_distributed(cfg.parallel.tp, cfg.parallel.pp, cfg.train.seed)
-        t = cfg.train
         # Before anything is read from or written to the run directory: one run per directory.
         self.lock = _lock_run_directory(cfg.checkpoint.dir, self.topo.rank == 0) if cfg.checkpoint.dir else None
-        self.resume = checkpoint.find_latest(cfg.checkpoint.dir)
+        try:
+            self._start(cfg)
+        except BaseException:
+            if self.lock is not None:  # a failed start leaves the directory free
+                self.lock.release()
+            raise
+
+    def _start(self, cfg: PapConfig) -> None:
+        """Everything after the lock: resume point, data, model, optimizer, pruning hook."""
+        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+        t = cfg.train
+        self.resume = _verified_resume_point(cfg, self.topo.rank == 0)
+        if self.resume is not None:
+            check_resume_matches_config(self.resume, cfg)
         self.init_from = None
         if self.resume is None and cfg.checkpoint.init_from:
             self.init_from = checkpoint.read(cfg.checkpoint.init_from)
+            problem = checkpoint.verify(self.init_from.path) if self.topo.rank == 0 else None
+            if _agree(1 if problem else 0):
+                raise PapError(f"checkpoint.init_from: {problem or 'the source checkpoint is damaged (see rank 0)'}")
             check_same_model_settings(self.init_from, cfg)
         source = self.resume or self.init_from
         self.arch: Arch = source.arch if source else Arch.from_model_config(cfg.model)
@@ -396,6 +410,43 @@ class Trainer:
         return loss
 
 
+def _agree(value: int) -> int:
+    """Rank 0's `value`, on every rank."""
+    tensor = torch.tensor([value], dtype=torch.int64)
+    dist.broadcast(tensor, src=0)
+    return int(tensor.item())
+
+
+def _verified_resume_point(cfg: PapConfig, is_rank0: bool) -> Optional["checkpoint.ResumeState"]:
+    """The newest complete checkpoint of `checkpoint.dir` whose files pass their checksums.
+
+    Rank 0 reads the files once and every rank follows its verdict. A damaged newest
+    checkpoint stops the run with its name and the damaged file, unless
+    `checkpoint.fallback` allows resuming from the newest older one that passes.
+    """
+    candidates = checkpoint.complete_checkpoints(cfg.checkpoint.dir)
+    chosen, message = -1, ""
+    if is_rank0:
+        for index, candidate in enumerate(candidates):
+            problem = checkpoint.verify(candidate.path)
+            if problem is None:
+                chosen = index
+                break
+            if not cfg.checkpoint.fallback:
+                older = next((c.path for c in candidates[index + 1:]), None)
+                message = problem + ("; set checkpoint.fallback=true to resume from the previous complete "
+                                     f"checkpoint ({older})" if older else "; no older checkpoint to fall back to")
+                break
+            print(f"pap: {problem}; falling back to an older checkpoint", flush=True)
+        else:
+            if candidates:
+                message = f"every checkpoint in {cfg.checkpoint.dir} is damaged; see the lines above"
+    chosen = _agree(-2 if message else chosen)
+    if chosen == -2:
+        raise PapError(message or f"the checkpoints in {cfg.checkpoint.dir} are damaged (see rank 0)")
+    return candidates[chosen] if chosen >= 0 else None
+
+
 def _lock_run_directory(directory: str, is_rank0: bool):
     """Rank 0 takes `directory`'s `RunLock`; every rank raises the same PapError if it cannot."""
     from pap.run_lock import RunLock
@@ -414,6 +465,24 @@ def _lock_run_directory(directory: str, is_rank0: bool):
         print(f"pap: {lock.path}: its previous holder ({lock.took_over}) ended without releasing it; "
               f"taking the lock over", flush=True)
     return lock
+
+
+# Model settings a resumed run takes from its checkpoint; a config that says otherwise is a mistake.
+_RESUMED_MODEL_KEYS = ("vocab_size", "make_vocab_size_divisible_by", "hidden_size", "num_layers",
+                       "num_attention_heads", "num_query_groups", "head_dim", "ffn_hidden_size", "tie_embeddings",
+                       "rope_theta", "norm_eps")
+
+
+def check_resume_matches_config(resume: "checkpoint.ResumeState", cfg: PapConfig) -> None:
+    """A resumed run continues its checkpoint's model: refuse a config whose `model` section
+    was changed since the run started (it would otherwise be ignored without a word)."""
+    saved = resume.config.get("model", {})
+    for key in _RESUMED_MODEL_KEYS:
+        if key in saved and saved[key] != getattr(cfg.model, key):
+            raise PapError(f"checkpoint.dir {cfg.checkpoint.dir} holds a run started with model.{key}={saved[key]!r} "
+                           f"({resume.path.name}) but the config says {getattr(cfg.model, key)!r}; a resumed run "
+                           f"keeps its checkpoint's model: set model.{key}={saved[key]} or choose another "
+                           f"checkpoint.dir")
 
 
 def check_same_model_settings(source: "checkpoint.ResumeState", cfg: PapConfig) -> None:

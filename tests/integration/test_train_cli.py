@@ -140,6 +140,7 @@ BAD_INPUTS = {
     "missing dataset": (["data.blend=[/nonexistent/corpus_text_document]"],
                         "dataset prefix '/nonexistent/corpus_text_document' not found"),
     "vocab too large": (["model.vocab_size=100"], "contains token id"),
+    "zero blend weight": (["data.blend=[0,{data},1,{data}]"], "data.blend weight 0 for"),
 }
 
 
@@ -148,6 +149,7 @@ def test_bad_input_is_one_clear_line(case, tmp_path, random_dataset):
     overrides, message = BAD_INPUTS[case]
     run_dir = tmp_path / "run"
     config = write_config(tmp_path / "c.yaml", tiny_config(random_dataset, checkpoint={"dir": str(run_dir)}))
+    overrides = [o.format(data=random_dataset) for o in overrides]
     result = subprocess.run([sys.executable, "-m", "pap.train", "--config", config, *overrides], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
@@ -271,6 +273,68 @@ def test_one_run_per_checkpoint_dir(tmp_path, random_dataset):
     assert (run_dir / "pap.lock").read_text() == ""  # released at the end of the run
     out = run(1, short, log=tmp_path / "again.log")
     assert "taking the lock over" not in out
+
+
+def test_damaged_checkpoint_is_named_and_fallback_resumes_from_the_previous(tmp_path, random_dataset):
+    """Every checkpoint carries a size and CRC-32 per file. A newest checkpoint with a flipped
+    byte stops the resume with one line naming the file; with checkpoint.fallback=true the
+    run resumes from the previous complete checkpoint and trains to the end."""
+    run_dir = tmp_path / "run"
+    cfg = tiny_config(random_dataset, train={"iters": 4, "warmup_iters": 1, "eval_iters": 0},
+                      checkpoint={"dir": str(run_dir), "save_interval": 2})
+    config = write_config(tmp_path / "c.yaml", cfg)
+    run(1, config, log=tmp_path / "first.log")
+    table = json.loads((run_dir / "iter_0000004" / "checksums.json").read_text())
+    assert any(name.endswith(".distcp") for name in table)
+    victim = next((run_dir / "iter_0000004").glob("*.distcp"))
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    config = write_config(tmp_path / "more.yaml", {**cfg, "train": {**cfg["train"], "iters": 6}})
+    result = subprocess.run([sys.executable, "-m", "pap.train", "--config", config], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    lines = [l for l in (result.stdout + result.stderr).splitlines() if l.strip()]
+    assert result.returncode == 2 and len(lines) == 1, lines
+    assert str(victim) in lines[0] and "checkpoint.fallback=true" in lines[0] and "iter_0000002" in lines[0]
+    out = run(1, config, "checkpoint.fallback=true", log=tmp_path / "fallback.log")
+    assert "falling back to an older checkpoint" in out and "resumed from" in out and "at iteration 2" in out
+    assert sorted(step_losses(run_dir / "metrics.jsonl")) == list(range(1, 7))
+
+
+def test_unreachable_target_is_said_once(tmp_path, random_dataset):
+    """Floors that stop pruning above the target: one line says so, and the run trains on."""
+    cfg = tiny_config(random_dataset, train={"iters": 5, "warmup_iters": 1, "eval_iters": 0},
+                      prune={"enabled": True, "target_params": 0.1, "grad_steps": 1, "min_ffn": 127, "min_hidden": 64,
+                             "min_heads": 4})
+    out = run(1, write_config(tmp_path / "c.yaml", cfg), log=tmp_path / "run.log")
+    said = [l for l in out.splitlines() if "cannot be reached: every dimension is at its prune.min_* floor" in l]
+    assert len(said) == 1, out[-2000:]
+
+
+def test_resume_with_another_model_shape_or_a_damaged_data_cache_is_refused(tmp_path, random_dataset):
+    """A config whose model section changed since the checkpoint: one line, nothing written
+    (before, the checkpoint's shape was used without a word). A truncated data-cache index:
+    one line naming it (before, a traceback on every restart)."""
+    run_dir = tmp_path / "run"
+    cfg = tiny_config(random_dataset, train={"iters": 1, "warmup_iters": 0, "eval_iters": 0},
+                      checkpoint={"dir": str(run_dir)})
+    config = write_config(tmp_path / "c.yaml", cfg)
+    run(1, config, log=tmp_path / "first.log")
+    before = sorted(p.name for p in run_dir.iterdir())
+    result = subprocess.run([sys.executable, "-m", "pap.train", "--config", config, "model.hidden_size=96",
+                             "train.iters=2"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    lines = [l for l in (result.stdout + result.stderr).splitlines() if l.strip()]
+    assert result.returncode == 2 and len(lines) == 1, lines
+    assert "model.hidden_size=64" in lines[0] and "says 96" in lines[0]
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+    assert (run_dir / "pap.lock").read_text() == "", "a refused start must leave the lock released"
+    # A data-cache index cut short (a kill while megatron wrote it): one line naming it.
+    victim = next((run_dir / "data_cache").rglob("*.npy"))
+    victim.write_bytes(victim.read_bytes()[:-8])
+    result = subprocess.run([sys.executable, "-m", "pap.train", "--config", config, "train.iters=2"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    lines = [l for l in (result.stdout + result.stderr).splitlines() if l.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {victim}: damaged"), lines
 
 
 def test_weighted_blend_trains(tmp_path, random_dataset):
