@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pap.errors import PapError
+from pap.errors import PapError, describe_os_error
 
 
 def main(argv=None) -> int:
@@ -58,6 +58,9 @@ def main(argv=None) -> int:
                                 overwrite=args.overwrite)
     except PapError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except OSError as exc:  # a write the system refused: full disk, read-only filesystem, ...
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr, flush=True)
         return 2
     finally:
         shutdown()

@@ -17,7 +17,7 @@ import sys
 import warnings
 
 from pap.config import load_config, parse_blend
-from pap.errors import PapError
+from pap.errors import PapError, describe_os_error
 
 
 def _quiet_libraries() -> None:
@@ -70,9 +70,10 @@ def main(argv=None) -> int:
             if trainer is not None:
                 trainer.close()
             shutdown()
-    except PapError as exc:
+    except (PapError, OSError) as exc:  # input problems, and reads or writes the system refused (full disk, ...)
         if rank == 0 or "RANK" not in os.environ:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
+            message = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+            print(f"error: {message}", file=sys.stderr, flush=True)
         return 2
     return 0
 

@@ -23,7 +23,7 @@ from pap.arch import Arch
 from pap.config import PapConfig
 from pap.data import Batches, build_datasets
 from pap.distributed import Topology, init_distributed
-from pap.errors import PapError
+from pap.errors import PapError, describe_os_error
 from pap.exit_request import ExitRequest
 from pap.model import build_model
 from pap.progress import Progress, truncate_jsonl
@@ -457,6 +457,8 @@ def _lock_run_directory(directory: str, is_rank0: bool):
             lock = RunLock(directory).acquire()
         except PapError as exc:
             message = str(exc)
+        except OSError as exc:  # the directory cannot be made or written: every rank stops alike
+            message = f"checkpoint.dir {directory}: {describe_os_error(exc)}"
     failed = torch.tensor([1 if message else 0], dtype=torch.int32)
     dist.all_reduce(failed, op=dist.ReduceOp.MAX)
     if failed.item():

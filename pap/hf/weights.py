@@ -35,7 +35,13 @@ class SafetensorsReader:
         if missing:
             raise PapError(f"{root}: shard {missing[0]} named in {INDEX} is missing"
                            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-        self._handles = {f: safe_open(str(root / f), framework="pt") for f in files}
+        self._handles = {}
+        for f in files:
+            try:
+                self._handles[f] = safe_open(str(root / f), framework="pt")
+            except Exception as exc:  # safetensors' SafetensorError (truncated or not safetensors at all)
+                raise PapError(f"{root / f}: not a readable safetensors file ({str(exc).splitlines()[0][:120]}); "
+                               f"the download or copy may be incomplete: fetch the file again") from None
         if weight_map is None:
             weight_map = {name: SINGLE for name in self._handles[SINGLE].keys()}
         self.weight_map = weight_map

@@ -205,3 +205,15 @@ def test_out_is_never_deleted_unless_pap_wrote_it(tmp_path):
     _one_error_line(convert("mcore-to-hf", "--ckpt", str(ckpt), "--out", str(out), expect_ok=False), "--overwrite")
     convert("mcore-to-hf", "--ckpt", str(ckpt), "--out", str(out), "--overwrite")
     assert (out / "pap_arch.json").is_file()
+
+
+def test_truncated_or_garbage_safetensors_is_one_line(tmp_path):
+    """A cut-short or foreign file in place of model.safetensors: one line naming it, exit 2."""
+    hf = make_hf_model(tmp_path / "hf", **MODELS["gqa_tied"])
+    weights = hf / "model.safetensors"
+    good = weights.read_bytes()
+    for case, data in (("truncated", good[:-100]), ("garbage", b"not safetensors" * 64)):
+        weights.write_bytes(data)
+        _one_error_line(convert("hf-to-mcore", "--hf", str(hf), "--out", str(tmp_path / case), expect_ok=False),
+                        f"{weights}: not a readable safetensors file")
+        assert not (tmp_path / case).exists()

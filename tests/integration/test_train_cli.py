@@ -141,6 +141,7 @@ BAD_INPUTS = {
                         "dataset prefix '/nonexistent/corpus_text_document' not found"),
     "vocab too large": (["model.vocab_size=100"], "contains token id"),
     "zero blend weight": (["data.blend=[0,{data},1,{data}]"], "data.blend weight 0 for"),
+    "unwritable checkpoint.dir": (["checkpoint.dir={data}.idx/run"], "Not a directory; check the path"),
 }
 
 
