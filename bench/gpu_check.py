@@ -64,30 +64,16 @@ def check(name):
     return wrap
 
 
-def write_dataset(prefix: str, vocab: int, num_docs: int = 400) -> str:
-    """Learnable random documents (arithmetic sequences modulo the vocab), Megatron .bin/.idx."""
-    import numpy as np
-    import torch
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
-    rng = np.random.default_rng(0)
-    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.int32 if vocab > 65000 else np.uint16)
-    for _ in range(num_docs):
-        length, start, stride = int(rng.integers(50, 600)), int(rng.integers(vocab)), int(rng.integers(1, 4))
-        doc = (start + stride * np.arange(length)) % (vocab - 1) + 1
-        builder.add_item(torch.tensor(np.append(doc, 0), dtype=torch.int64))
-        builder.end_document()
-    builder.finalize(prefix + ".idx")
-    return prefix
-
-
 class Setup:
     def __init__(self, args, workdir: Path):
         self.args = args
         self.workdir = workdir
         self.small = {"vocab_size": 512, "hidden_size": 256, "num_layers": 4, "num_attention_heads": 8,
                       "num_query_groups": 4, "ffn_hidden_size": 1024, "make_vocab_size_divisible_by": 128}
-        self.data = {vocab: write_dataset(str(workdir / f"vocab{vocab}_text_document"), vocab) for vocab in (512, 49152)}
+        from data_prep.synthetic import write_arithmetic_dataset
+
+        self.data = {vocab: write_arithmetic_dataset(str(workdir / f"vocab{vocab}_text_document"), 400, vocab,
+                                                     lengths=(50, 600)) for vocab in (512, 49152)}
 
     def config(self, model=None, distopt=False, dtype="bf16", seq=128, **sections):
         from pap.config import config_from_dict

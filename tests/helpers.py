@@ -13,7 +13,6 @@ import socket
 import tempfile
 import traceback
 
-import numpy as np
 import torch
 import torch.multiprocessing as mp
 
@@ -38,22 +37,11 @@ def tiny_config(blend_prefix: str, **sections) -> dict:
 
 
 def write_random_dataset(prefix: str, num_docs: int = 300, vocab: int = TINY_VOCAB, seed: int = 0) -> str:
-    """A Megatron indexed dataset of learnable random documents (token 0 = end of document).
+    """A Megatron indexed dataset of learnable random documents (token 0 = end of document):
+    arithmetic sequences modulo the vocab (`data_prep.synthetic`), so tests can see the loss fall."""
+    from data_prep.synthetic import write_arithmetic_dataset
 
-    Each document is an arithmetic sequence (random start and stride) modulo the vocab,
-    so a model can learn it in a few steps and tests can see the loss fall.
-    """
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
-    rng = np.random.default_rng(seed)
-    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
-    for _ in range(num_docs):
-        length, start, stride = int(rng.integers(10, 120)), int(rng.integers(vocab)), int(rng.integers(1, 4))
-        doc = (start + stride * np.arange(length)) % (vocab - 1) + 1
-        builder.add_item(torch.tensor(np.append(doc, 0), dtype=torch.int64))
-        builder.end_document()
-    builder.finalize(prefix + ".idx")
-    return prefix
+    return write_arithmetic_dataset(prefix, num_docs, vocab, seed)
 
 
 def free_port() -> int:
