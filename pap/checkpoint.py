@@ -34,6 +34,7 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
+from pap import fault_injection
 from pap.arch import Arch
 from pap.errors import PapError
 
@@ -296,10 +297,12 @@ def save(root: str, iteration: int, consumed_samples: int, arch: Arch, model, op
             "layout": layout,
             "config": config,
         }
+        fault_injection.point("checkpoint.before_rename")
         _write_atomic(partial / STATE_FILE, json.dumps(state, indent=1, default=str))
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
+        fault_injection.point("checkpoint.before_tracker")
         _write_atomic(Path(root) / TRACKER, f"{iteration}\n")
     dist.barrier()
     return final

@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Optional
 
+from pap import fault_injection
+
 
 def truncate_jsonl(path: Optional[str], iteration: int) -> None:
     """Keep the records of `path` up to `iteration` (a resumed run writes the later ones again).
@@ -80,6 +82,7 @@ class Progress:
         if self.metrics is not None:
             self.metrics.write(json.dumps({"iteration": iteration, **values}) + "\n")
             self.metrics.flush()
+            fault_injection.point("metrics.after_write")
 
     def close(self) -> None:
         if self.writer is not None:

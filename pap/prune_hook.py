@@ -16,6 +16,7 @@ from typing import List, Optional
 
 import torch
 
+from pap import fault_injection
 from pap.pruning.accumulator import SaliencyAccumulator
 from pap.pruning.select import Floors, GroupScores, Removal, choose, remove_from_arch
 from pap.sharding.reduce_saliency import global_scores
@@ -169,3 +170,4 @@ class PruningHook:
             if self.events_file:
                 with open(self.events_file, "a") as f:
                     f.write(json.dumps(event) + "\n")
+                fault_injection.point("events.after_write")
