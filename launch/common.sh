@@ -122,4 +122,10 @@ if [[ "$requeue" == 1 && -n "${SLURM_JOB_ID:-}" ]]; then
   scontrol requeue "$SLURM_JOB_ID"
   exit 0
 fi
+if [[ "$status" != 0 ]]; then
+  # torchrun's failure report (~40 lines) ends the log; the cause is pap's first `error:` line.
+  log="$EXP_DIR/logs/train-$JOB_ID-$RESTART.log"
+  first_error=$(grep -m1 '^error: ' "$log" || true)
+  echo "pap launch: training failed with status $status${first_error:+; first error: ${first_error#error: }} (log $log)"
+fi
 exit "$status"

@@ -47,13 +47,13 @@ def job_config(tmp_path_factory, random_dataset):
     return path
 
 
-def submit(cluster, config: Path, exp_dir: Path, *sbatch_args: str) -> str:
+def submit(cluster, config: Path, exp_dir: Path, *sbatch_args: str, check: bool = True) -> str:
     """sbatch the user's script with CPU overrides; returns the job id."""
     env = {"PAP_HOME": str(REPO), "PAP_CONFIG": str(config), "EXP_DIR": str(exp_dir), "GPUS_PER_NODE": "2",
            "PAP_PYTHON": sys.executable, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     done = cluster.run("sbatch", "--parsable", "--nodes=1", "--gpus-per-node=0", "--time=20",
                        f"--output={exp_dir.parent}/{exp_dir.name}-%j.out", *sbatch_args,
-                       str(REPO / "launch" / "pap_469m.sh"), env=env)
+                       str(REPO / "launch" / "pap_469m.sh"), env=env, check=check)
     return done.stdout.strip().split(";")[0]
 
 
@@ -119,3 +119,17 @@ def test_usr1_checkpoints_requeues_and_finishes_with_the_same_removals(cluster, 
     reference, resumed = step_losses(uninterrupted[1] / "metrics.jsonl"), step_losses(metrics)
     for iteration in range(1, ITERS + 1):
         assert resumed[iteration] == pytest.approx(reference[iteration], abs=1e-5), iteration
+
+
+def test_a_failed_job_ends_with_its_first_error_line(cluster, job_config, tmp_path):
+    """A run that stops on bad input: torchrun's long failure report is followed by one line
+    with pap's first `error:` line and where the log is."""
+    cfg = yaml.safe_load(job_config.read_text())
+    cfg["data"]["blend"] = [str(tmp_path / "missing_text_document")]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    job = submit(cluster, bad, tmp_path / "failed", "--wait", check=False)
+    output = (tmp_path / f"failed-{job}.out").read_text()
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("pap launch: training failed with status "), output[-3000:]
+    assert f"first error: data.blend: dataset prefix '{tmp_path / 'missing_text_document'}' not found" in last
