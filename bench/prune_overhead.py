@@ -67,7 +67,7 @@ def main() -> int:
     pruning.after_backward_hooks.clear()  # compare the pruned model's own speed
     t_pruned = median_step(pruning, args.steps)
     fresh = Trainer(load_config(args.config, base))
-    fresh.rebuild(pruned_arch)
+    fresh.rebuild(pruned_arch, draw=True)
     t_fresh = median_step(fresh, args.steps)
 
     print(f"# {platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, torch "

@@ -35,13 +35,19 @@ def needs_cluster_layers(arch: Arch) -> bool:
     return not arch.is_uniform or any(0 in groups for groups in arch.heads_per_group)
 
 
+def _leave_as_allocated(tensor: torch.Tensor) -> None:
+    """An init method that draws nothing: for models whose weights are written right after."""
+
+
 def transformer_config(arch: Arch, cfg: PapConfig, dtype: Optional[torch.dtype] = None,
-                       initialize: bool = True):
+                       initialize: bool = True, draw: bool = True):
     """megatron-core `TransformerConfig` for `arch` under `cfg.parallel`.
 
     Per-layer shapes give a `PerLayerConfig` (megatron's heterogeneous-block mechanism).
     `dtype` overrides `model.params_dtype` (converters hold bf16 weights on CPU without
     training them); `initialize=False` leaves weights unwritten (they are loaded next).
+    `draw=False` keeps megatron's initialisation pass, which tags every parameter with its
+    TP partitioning, but with init methods that draw nothing.
     """
     from pap.per_layer_config import PerLayerConfig
     from pap.sharding.layout import LayerPlacement, needs_placement
@@ -67,8 +73,11 @@ def transformer_config(arch: Arch, cfg: PapConfig, dtype: Optional[torch.dtype] 
     else:
         heads, groups, ffn = arch.num_heads(0), arch.num_kv_heads(0), arch.ffn[0]
         per_layer = {}
+    skip_draw = {} if draw else {"init_method": _leave_as_allocated, "output_layer_init_method": _leave_as_allocated,
+                                 "embedding_init_method": _leave_as_allocated}
     return PerLayerConfig(
         **per_layer,
+        **skip_draw,
         num_layers=arch.num_layers,
         hidden_size=arch.hidden_size,
         num_attention_heads=heads,
@@ -173,18 +182,23 @@ def block_spec(arch: Arch, cfg: PapConfig, config):
     return block
 
 
-def build_model(arch: Arch, cfg: PapConfig, dtype: Optional[torch.dtype] = None, initialize: bool = True):
+def build_model(arch: Arch, cfg: PapConfig, dtype: Optional[torch.dtype] = None, initialize: bool = True,
+                draw: bool = True):
     """The GPTModel stage owned by this rank (call after `init_distributed`).
 
     With `initialize=False` the weights are left unwritten for a checkpoint load; then
     megatron also skips tagging TP partitioning attributes, so use it at TP=1 only.
+    With `draw=False` (any layout) megatron tags the parameters but no random weights are
+    drawn, by megatron or by `pap.init`: for models whose training state is written next
+    (a pruning round's rebuild, a resume, `init_from`), where drawing a full random tensor
+    per parameter would only be overwritten.
     """
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
 
     if not initialize and cfg.parallel.tp > 1:
         raise ValueError("build_model(initialize=False) is for TP=1 (conversion) only")
-    config = transformer_config(arch, cfg, dtype, initialize)
+    config = transformer_config(arch, cfg, dtype, initialize, draw)
     model = GPTModel(
         config=config,
         transformer_layer_spec=block_spec(arch, cfg, config),
@@ -199,6 +213,6 @@ def build_model(arch: Arch, cfg: PapConfig, dtype: Optional[torch.dtype] = None,
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
     _tag_placed_shards(model, arch, cfg.parallel.tp)
-    if initialize:
+    if initialize and draw:
         initialize_weights(model, cfg.train.seed, cfg.model.init_std, arch.num_layers)
     return model

@@ -100,7 +100,8 @@ class Trainer:
         self.valid_batches = (Batches(valid_ds, t.micro_batch_size, t.global_batch_size, self.topo.dp_rank,
                                       self.topo.dp) if valid_ds is not None and t.eval_iters else None)
 
-        self.rebuild(self.arch)
+        # Weights are drawn only for a fresh start; a resume or init_from writes them next.
+        self.rebuild(self.arch, draw=source is None)
         self.scheduler = OptimizerParamScheduler(
             self.optimizer, init_lr=0.0, max_lr=t.lr, min_lr=t.min_lr,
             lr_warmup_steps=t.warmup_iters, lr_decay_steps=t.lr_decay_iters or t.iters,
@@ -150,12 +151,12 @@ class Trainer:
         elif self.topo.rank == 0:
             print("pap: the saliency window restarts (not saved, or saved for another metric)", flush=True)
 
-    def rebuild(self, arch: Arch) -> None:
+    def rebuild(self, arch: Arch, draw: bool = False) -> None:
         """(Re)build this rank's model stage, DDP wrapper and optimizer for `arch`.
 
-        Weights come from pap.init; callers that keep training (pruning) load the
-        surviving weights and optimizer state afterwards. The LR scheduler is kept. The
-        previous model, DDP buffers and optimizer are freed first.
+        With `draw`, weights come from pap.init; without, they are left as allocated, for
+        callers that write the training state next (a pruning round, a resume). The LR
+        scheduler is kept. The previous model, DDP buffers and optimizer are freed first.
         """
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.distributed import finalize_model_grads
@@ -164,7 +165,7 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.train
         self.release()
         self.arch = arch
-        module = build_model(arch, cfg)
+        module = build_model(arch, cfg, draw=draw)
         self.config = module.config
         self.model = DistributedDataParallel(
             config=self.config,
