@@ -203,7 +203,7 @@ def _sharded_tensors(model, optimizer, fields, is_loading: bool) -> dict:
 
     tp_rank, dp_rank = ps.get_tensor_model_parallel_rank(), ps.get_data_parallel_rank()
     state = TrainingState(model, optimizer)
-    gathered = None if is_loading else state.gather(fields, across_pp=False)
+    gathered = None if is_loading else state.gather(fields, across_pp=False, copy=False)  # written right away
     out = {}
     for record in state.records:
         # The last stage's copy of a tied embedding is a replica of the first stage's

@@ -63,11 +63,13 @@ def full_shape(param) -> torch.Size:
     return torch.Size(shape)
 
 
-def tp_gather(tensor: torch.Tensor, param) -> torch.Tensor:
+def tp_gather(tensor: torch.Tensor, param, copy: bool = True) -> torch.Tensor:
     """The TP=1 tensor assembled from every TP rank's `tensor` (a shard of `param`).
 
     Tensor collectives only, on `tensor`'s device (NCCL on GPU): uneven shards are padded
-    to the largest one and placed by the indices each rank holds.
+    to the largest one and placed by the indices each rank holds. For a parameter that is
+    not TP-sharded the result is a copy, or `tensor` itself with `copy=False` (for
+    read-only callers).
     """
     from megatron.core import parallel_state as ps
 
@@ -96,7 +98,7 @@ def tp_gather(tensor: torch.Tensor, param) -> torch.Tensor:
 
     info = _tp_info(param)
     if info is None:
-        return tensor.detach().clone()
+        return tensor.detach().clone() if copy else tensor.detach()
     dim, stride, size = info
     parts = [torch.empty_like(tensor) for _ in range(size)]
     dist.all_gather(parts, tensor.detach().contiguous(), group=ps.get_tensor_model_parallel_group())

@@ -31,7 +31,7 @@ def apply_removals(trainer, removals: Sequence[Removal]) -> Arch:
     """
     arch = trainer.arch
     state = TrainingState(trainer.model.module, trainer.optimizer)
-    full = state.gather(OPTIMIZER_FIELDS)
+    full = state.gather(OPTIMIZER_FIELDS, copy=False)  # read once, before anything changes them
     step = state.step()
     del state  # holds the old model and optimizer, which the rebuild frees
     for removal in removals:

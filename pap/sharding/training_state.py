@@ -208,10 +208,14 @@ class TrainingState:
             state["step"] = torch.tensor(float(step), dtype=torch.float32)
 
     # ---- full (TP=1) tensors by global name ------------------------------------------------
-    def gather(self, fields: Iterable[str], across_pp: bool = True) -> Dict[str, Dict[str, torch.Tensor]]:
+    def gather(self, fields: Iterable[str], across_pp: bool = True,
+               copy: bool = True) -> Dict[str, Dict[str, torch.Tensor]]:
         """{field: {global name: full TP=1 tensor on the CPU}}; collective over TP (and DP, PP).
 
-        A tied output layer on the last stage is left out (it is the embedding).
+        With `copy=False` the tensors are read-only: where nothing had to be gathered (TP=1,
+        plain optimizer, on the CPU) they are the live state itself, which the next
+        optimizer step changes. A tied output layer on the last stage is left out (it is
+        the embedding).
         """
         fields = list(fields)
         result = {field: {} for field in fields}
@@ -220,7 +224,7 @@ class TrainingState:
             if self.is_tied_copy(record):
                 continue
             for field in fields:
-                result[field][record.name] = tp_gather(local[field], record.param).cpu()
+                result[field][record.name] = tp_gather(local[field], record.param, copy=copy).cpu()
         if across_pp:
             result = {field: gather_across_pp(tensors) for field, tensors in result.items()}
         return result
