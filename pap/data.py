@@ -18,6 +18,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from data_prep.index import validate_pair
 from pap.config import PapConfig, parse_blend
 from pap.errors import PapError
 
@@ -33,12 +34,24 @@ def metadata_path(prefix: str) -> Path:
 def check_dataset(prefix: str, model_vocab_size: int) -> None:
     """Fail with one clear line if `prefix` is missing, its `.bin` does not match its `.idx`, or it
     holds token ids the model cannot embed."""
-    from data_prep.index import validate_pair
-
     missing = [p for p in (prefix + ".bin", prefix + ".idx") if not os.path.isfile(p)]
     if missing:
         raise PapError(f"data.blend: dataset prefix {prefix!r} not found (missing {', '.join(missing)}); "
                        f"give the path without .bin/.idx, e.g. data/corpus_text_document")
+    # `pap.train` checks before the process group exists and the trainer again when it builds
+    # the datasets: one pass over the index per process is enough while the files are unchanged.
+    stamp = (prefix, model_vocab_size) + tuple((os.stat(p).st_size, os.stat(p).st_mtime_ns)
+                                                for p in (prefix + ".bin", prefix + ".idx"))
+    if stamp in _CHECKED:
+        return
+    _check_pair_and_vocab(prefix, model_vocab_size)
+    _CHECKED.add(stamp)
+
+
+_CHECKED: set = set()
+
+
+def _check_pair_and_vocab(prefix: str, model_vocab_size: int) -> None:
     validate_pair(prefix)  # the .bin belongs to the .idx: sizes, dtype, offsets, documents
     meta = metadata_path(prefix)
     if meta.is_file():

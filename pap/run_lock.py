@@ -54,6 +54,7 @@ class RunLock:
     def __init__(self, directory: str):
         self.path = Path(directory) / LOCK_FILE
         self._fd: Optional[int] = None
+        self._exclusive = False  # held through the O_EXCL fallback (the file is ours to remove)
         self.took_over: Optional[str] = None
         """Set when the lock's previous holder had ended without releasing it (the holder's description)."""
 
@@ -89,7 +90,7 @@ class RunLock:
         finally:
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
-            if getattr(self, "_exclusive", False):
+            if self._exclusive:
                 self.path.unlink(missing_ok=True)
 
     # ---- without flock (some network filesystems) -------------------------------------------

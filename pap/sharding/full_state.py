@@ -153,11 +153,6 @@ def gather_full_state(model, what="param", across_pp: bool = True) -> Dict[str, 
     return gather_across_pp(local) if across_pp else local
 
 
-def full_name_of(model, local_name: str) -> str:
-    """The global name of parameter `local_name` of this stage (alias of `global_name`)."""
-    return global_name(model, local_name)
-
-
 def gather_across_pp(local: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Every PP stage's `local` tensors on every rank of the PP group.
 

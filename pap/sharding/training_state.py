@@ -40,7 +40,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from pap.sharding.full_state import EMBEDDING, TIED_OUTPUT, full_name_of, gather_across_pp, tp_gather, tp_slice
+from pap.sharding.full_state import EMBEDDING, TIED_OUTPUT, gather_across_pp, global_name, tp_gather, tp_slice
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 OPTIMIZER_FIELDS = ("master",) + MOMENTS
@@ -59,9 +59,9 @@ class ParamRecord:
 
     @property
     def shares_storage(self) -> bool:
-        """True where the master *is* the model param (fp32 runs)."""
-        return self.master is not None and self.master.data_ptr() == self.param.data_ptr() \
-            and self.master.dtype == self.param.dtype
+        """True where the master is (a view of) the model param itself (fp32 runs)."""
+        return self.master is not None and self.master.dtype == self.param.dtype \
+            and self.master.untyped_storage().data_ptr() == self.param.untyped_storage().data_ptr()
 
     def adam(self) -> dict:
         """The torch optimizer's state dict entry of this parameter (created empty if missing)."""
@@ -125,7 +125,7 @@ class TrainingState:
             master, span = masters.get(id(param), (None, None))
             if self.distributed and master is None:
                 span = (0, 0)  # this DP rank owns no range of it
-            self.records.append(ParamRecord(full_name_of(module, local_name), param, master,
+            self.records.append(ParamRecord(global_name(module, local_name), param, master,
                                             inners.get(id(param)), span))
 
     @property
@@ -180,7 +180,7 @@ class TrainingState:
         return out
 
     @torch.no_grad()
-    def set_local(self, record: ParamRecord, values: Dict[str, torch.Tensor], step: Optional[float]) -> None:
+    def set_local(self, record: ParamRecord, values: Dict[str, torch.Tensor]) -> None:
         """Write this rank's shard of `record` from `values` (fp32 tensors shaped like the shard).
 
         `values["master"]` (or, without it, `values["param"]`) sets both the fp32 master and
@@ -204,8 +204,6 @@ class TrainingState:
             full = full.to(param.device, torch.float32)
             piece = full.reshape(-1)[record.span[0]:record.span[1]] if record.span else full
             state[moment] = piece.reshape(record.master.shape).clone()
-        if step is not None and not keeps_step_in_param_groups(record.inner):
-            state["step"] = torch.tensor(float(step), dtype=torch.float32)
 
     # ---- full (TP=1) tensors by global name ------------------------------------------------
     def gather(self, fields: Iterable[str], across_pp: bool = True,
@@ -235,6 +233,8 @@ class TrainingState:
         `master` or `param` is required; moments are optional (absent: Adam starts afresh for
         those tensors) and `step` sets Adam's step count wherever it is kept.
         """
+        if step is None and any(m in full for m in MOMENTS):
+            raise ValueError("moments without Adam's step: torch's Adam cannot take a step from that state")
         source = "master" if "master" in full else "param"
         for record in self.records:
             key = record.name
@@ -244,7 +244,7 @@ class TrainingState:
                 raise KeyError(f"full state has no tensor for {key}")
             values = {field: tp_slice(tensors[key], record.param) for field, tensors in full.items()
                       if key in tensors}
-            self.set_local(record, values, step)
+            self.set_local(record, values)
         if step is not None:
             self.set_step(step)
 

@@ -75,7 +75,8 @@ def removal_matches_unpruned(cfg_dict: dict, kind: str, indices: tuple):
     from pap.config import config_from_dict
     from pap.pruning.remove import prune_state
     from pap.pruning.select import Removal
-    from pap.sharding.full_state import gather_full_state, load_full_state
+    from pap.sharding.full_state import gather_full_state
+    from pap.sharding.training_state import TrainingState
     from pap.sharding.reshard import apply_removal
     from pap.trainer import Trainer
 
@@ -92,7 +93,7 @@ def removal_matches_unpruned(cfg_dict: dict, kind: str, indices: tuple):
                 full[f"decoder.layers.{layer}.self_attention.linear_proj.weight"][:, index * d:(index + 1) * d] = 0
             else:
                 full[f"decoder.layers.{layer}.mlp.linear_fc2.weight"][:, index] = 0
-        load_full_state(trainer.model.module, full)
+        TrainingState(trainer.model.module, trainer.optimizer).write({"param": full})  # masters follow
         runs.append(trainer)
     a, b = runs
     arch_before = a.arch
