@@ -151,12 +151,15 @@ class Trainer:
         elif self.topo.rank == 0:
             print("pap: the saliency window restarts (not saved, or saved for another metric)", flush=True)
 
-    def rebuild(self, arch: Arch, draw: bool = False) -> None:
+    def rebuild(self, arch: Arch, draw: bool = False, fill=None) -> None:
         """(Re)build this rank's model stage, DDP wrapper and optimizer for `arch`.
 
         With `draw`, weights come from pap.init; without, they are left as allocated, for
         callers that write the training state next (a pruning round, a resume). The LR
         scheduler is kept. The previous model, DDP buffers and optimizer are freed first.
+        `fill` (a pruning round, `pap.sharding.local_round.LocalRound`) writes the weights
+        into the new model stage before DDP copies them into its buffers, and the optimizer
+        state once the optimizer exists, so old and new copies of each coexist only briefly.
         """
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.distributed import finalize_model_grads
@@ -166,6 +169,8 @@ class Trainer:
         self.release()
         self.arch = arch
         module = build_model(arch, cfg, draw=draw)
+        if fill is not None:
+            fill.weights(module)
         self.config = module.config
         self.model = DistributedDataParallel(
             config=self.config,
@@ -183,6 +188,8 @@ class Trainer:
                 use_distributed_optimizer=cfg.parallel.distributed_optimizer),
             [self.model],
         )
+        if fill is not None:
+            fill.optimizer_state(module, self.optimizer)
         self.config.finalize_model_grads_func = finalize_model_grads
         self.config.no_sync_func = self.model.no_sync
         self.config.grad_scale_func = self.optimizer.scale_loss

@@ -8,13 +8,13 @@ buffer. Names are megatron's global ones (`decoder.layers.<global index>.…`, l
 from __future__ import annotations
 
 import re
-from typing import Dict
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from pap.arch import Arch
 from pap.cluster_attention import qkv_row_indices
-from pap.pruning.select import Removal, head_group
+from pap.pruning.select import Removal, head_group, remove_from_arch
 
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
 _HIDDEN_ROWS = ("self_attention.linear_proj.weight", "mlp.linear_fc2.weight")
@@ -49,35 +49,60 @@ def _qkv_rows_of_head(heads_per_group, head: int, head_dim: int):
     return [u * head_dim + r for u in units for r in range(head_dim)]
 
 
-def prune_tensor(name: str, tensor: torch.Tensor, arch: Arch, removal: Removal) -> torch.Tensor:
-    """`tensor` (shaped like parameter `name` under `arch`) with `removal`'s slices taken out."""
+def removed_slices(name: str, dims: int, arch: Arch, removal: Removal) -> Optional[Tuple[int, Sequence[int]]]:
+    """(dim, indices) that `removal` takes from a full tensor shaped like parameter `name` under
+    `arch` (`dims` is its number of dimensions), or None when it leaves the tensor whole."""
     match = _LAYER.match(name)
     layer, leaf = (int(match.group(1)), match.group(2)) if match else (None, name)
     d = arch.head_dim
     if removal.kind == "attn":
         if layer is None:
-            return tensor
+            return None
         head = removal.indices[layer]
         if leaf == "self_attention.linear_qkv.weight":
-            return _without(tensor, 0, _qkv_rows_of_head(arch.heads_per_group[layer], head, d))
+            return 0, _qkv_rows_of_head(arch.heads_per_group[layer], head, d)
         if leaf == "self_attention.linear_proj.weight":
-            return _without(tensor, 1, range(head * d, (head + 1) * d))
-        return tensor
+            return 1, range(head * d, (head + 1) * d)
+        return None
     if removal.kind == "ffn":
         if layer is None:
-            return tensor
+            return None
         channel = removal.indices[layer]
         if leaf == "mlp.linear_fc1.weight":
-            return _without(tensor, 0, (channel, arch.ffn[layer] + channel))
+            return 0, (channel, arch.ffn[layer] + channel)
         if leaf == "mlp.linear_fc2.weight":
-            return _without(tensor, 1, (channel,))
-        return tensor
+            return 1, (channel,)
+        return None
     (channel,) = removal.indices
     if name in ("embedding.word_embeddings.weight", "output_layer.weight") or leaf in _HIDDEN_COLUMNS:
-        return _without(tensor, 1, (channel,))
-    if leaf in _HIDDEN_ROWS or tensor.dim() == 1:  # the two row-parallel outputs, and every norm
-        return _without(tensor, 0, (channel,))
+        return 1, (channel,)
+    if leaf in _HIDDEN_ROWS or dims == 1:  # the two row-parallel outputs, and every norm
+        return 0, (channel,)
     raise ValueError(f"no stem rule for {name}")
+
+
+def prune_tensor(name: str, tensor: torch.Tensor, arch: Arch, removal: Removal) -> torch.Tensor:
+    """`tensor` (shaped like parameter `name` under `arch`) with `removal`'s slices taken out."""
+    cut = removed_slices(name, tensor.dim(), arch, removal)
+    return tensor if cut is None else _without(tensor, *cut)
+
+
+def kept_indices(name: str, shape: Sequence[int], arch: Arch,
+                 removals: Sequence[Removal]) -> List[Optional[torch.Tensor]]:
+    """Per dimension of parameter `name` (full `shape` under `arch`): the indices that survive
+    `removals` applied in order, as positions in the original tensor (new index i holds old
+    index kept[i]); None where nothing along that dimension is removed."""
+    kept: List[Optional[torch.Tensor]] = [None] * len(shape)
+    for removal in removals:
+        cut = removed_slices(name, len(shape), arch, removal)
+        if cut is not None:
+            dim, drop = cut
+            current = kept[dim] if kept[dim] is not None else torch.arange(shape[dim])
+            keep = torch.ones(len(current), dtype=torch.bool)
+            keep[torch.as_tensor(list(drop), dtype=torch.long)] = False
+            kept[dim] = current[keep]
+        arch = remove_from_arch(arch, removal)
+    return kept
 
 
 def prune_state(full: Dict[str, torch.Tensor], arch: Arch, removal: Removal) -> Dict[str, torch.Tensor]:

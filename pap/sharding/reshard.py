@@ -1,16 +1,19 @@
-"""Apply removals to a live, sharded training state: weights, fp32 masters and Adam state.
+"""Apply a round's removals to a live, sharded training state: weights, fp32 masters, Adam state.
 
-Strategy: gather, prune, rebuild, scatter. Every rank gathers the full (TP=1) fp32 master
-weights and Adam moments of its PP group through `TrainingState`, cuts the removed slices
-out with `pap.pruning.remove`, asks the trainer to free the old model, DDP buffers and
-optimizer and build them for the new `Arch`, and writes its shard of the pruned tensors
-back (masters, moments, Adam's step; the model params become the masters' cast). The
-result is physically smaller everywhere and identical to a freshly built model of the
-new shape holding the surviving training state, whatever the layout and dtype: surviving
-master weights and moments are bit-identical to before the round. Gathering costs one
-full copy of the model's masters and moments per rank at each round; rebalancing comes
-free, since shards are re-cut from full tensors. All removals of one round share one
-gather and one rebuild.
+Two implementations with the same result:
+
+* `apply_removals` (what training uses): `pap.sharding.local_round.LocalRound`. Every rank
+  cuts its own shards in place and exchanges only the elements whose owner changes; the
+  trainer rebuilds megatron's objects for the new `Arch` without drawing weights, and the
+  round fills them.
+* `gather_and_rebuild` (the oracle): every rank gathers the full (TP=1) fp32 masters and
+  Adam moments of its PP group through `TrainingState`, cuts them with
+  `pap.pruning.remove`, rebuilds, and writes its shard back. Simple and obviously right,
+  but it moves and holds the whole model on every rank; tests compare the two bit for bit.
+
+Either way the model is physically smaller everywhere and identical to a freshly built
+model of the new shape holding the surviving training state: surviving masters and
+moments are bit-identical to before the round, and the weights are their cast.
 """
 
 from __future__ import annotations
@@ -23,12 +26,27 @@ from pap.pruning.select import Removal, remove_from_arch
 from pap.sharding.training_state import OPTIMIZER_FIELDS, TrainingState
 
 
-def apply_removals(trainer, removals: Sequence[Removal]) -> Arch:
-    """Remove `removals` (in order) from `trainer`'s model and optimizer on every rank; returns the new Arch.
+def new_arch(arch: Arch, removals: Sequence[Removal]) -> Arch:
+    for removal in removals:
+        arch = remove_from_arch(arch, removal)
+    return arch
 
-    Works with megatron's plain optimizers (fp32, or bf16 with fp32 masters) and with its
-    distributed optimizer (state per DP-owned range, assembled over DP).
-    """
+
+def apply_removals(trainer, removals: Sequence[Removal]) -> Arch:
+    """Remove `removals` (in order) from `trainer`'s model and optimizer on every rank; returns
+    the new Arch. Collective over the trainer's PP stage (TP and DP ranks). The round's
+    traffic is left in `trainer.last_round` (`RoundStats`)."""
+    from pap.sharding.local_round import LocalRound
+
+    after = new_arch(trainer.arch, removals)
+    fill = LocalRound(trainer.model.module, trainer.optimizer, trainer.arch, after, removals)
+    trainer.rebuild(after, fill=fill)
+    trainer.last_round = fill.stats
+    return after
+
+
+def gather_and_rebuild(trainer, removals: Sequence[Removal]) -> Arch:
+    """`apply_removals` through full tensors: the test oracle (collective over TP, DP and PP)."""
     arch = trainer.arch
     state = TrainingState(trainer.model.module, trainer.optimizer)
     full = state.gather(OPTIMIZER_FIELDS, copy=False)  # read once, before anything changes them
