@@ -178,3 +178,35 @@ def pruning_without_tensor_objects(cfg_dict: dict, steps: int):
     for _ in range(steps):
         trainer.train_step()
     return {"removals": [(r.kind, r.indices) for r in trainer.pruning.removals], "offending": offending}
+
+
+def local_round_equals_oracle(cfg_dict: dict, rounds: list):
+    """Two identical trainers; each round goes through `apply_removals` on one and the
+    gather-and-rebuild oracle on the other, then both train a step. On rank 0: both full
+    states (params, masters, moments) and Adam steps after every round, and both losses,
+    plus the bytes each rank sent per round."""
+    import torch.distributed as dist
+
+    from pap.config import config_from_dict
+    from pap.pruning.select import Removal
+    from pap.sharding.reshard import apply_removals, gather_and_rebuild
+    from pap.sharding.training_state import FIELDS
+    from pap.trainer import Trainer
+
+    local, oracle = Trainer(config_from_dict(cfg_dict)), Trainer(config_from_dict(cfg_dict))
+    for trainer in (local, oracle):
+        for _ in range(2):
+            trainer.train_step()
+    results, sent = [], []
+    for removals in rounds:
+        chosen = [Removal(kind, tuple(indices), 0.0, ()) for kind, indices in removals]
+        apply_removals(local, chosen)
+        sent.append(local.last_round.bytes_sent)
+        gather_and_rebuild(oracle, chosen)
+        states = [_state(t).gather(FIELDS) for t in (local, oracle)]
+        steps = [_state(t).step() for t in (local, oracle)]
+        losses = [t.train_step().loss for t in (local, oracle)]
+        results.append({"states": states, "steps": steps, "losses": losses, "arch": local.arch.to_json()})
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, sent)
+    return {"rounds": results, "sent": everyone} if dist.get_rank() == 0 else None
