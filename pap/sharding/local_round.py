@@ -157,7 +157,7 @@ class LocalRound:
         for record in TrainingState(module).records:
             old = self.old[record.name]
             target = record.param.detach().view(-1)
-            self._move(self.maps[record.name], old.param.reshape(-1), (0, old.param.numel()), target,
+            self._move(self.maps[record.name], [(old.param.reshape(-1), target)], (0, old.param.numel()),
                        (0, target.numel()), exchange)
             old.param = None  # the old weight's memory can go once nothing else holds it
         self.stats.bytes_sent += exchange.run()
@@ -191,54 +191,90 @@ class LocalRound:
                     adam[moment] = torch.zeros(record.master.shape, dtype=torch.float32,
                                                device=record.master.device)
                     targets[moment] = adam[moment].view(-1)
-            for name in ("master",) + MOMENTS:
-                if name not in targets and name not in old.fields:
-                    continue
-                source = old.fields.get(name)
-                target = targets.get(name)
-                self._move(self.maps[record.name], source, old.span, target, span, exchange,
-                           spans=(index, new_spans))
+            pairs = [(old.fields.get(name), targets.get(name)) for name in ("master",) + MOMENTS
+                     if name in targets or name in old.fields]
+            self._move(self.maps[record.name], pairs, old.span, span, exchange, spans=(index, new_spans))
             old.fields = {}
         self.stats.bytes_sent += exchange.run()
         state.set_step(self.step)
 
     # ---- the element moves ----------------------------------------------------------------
-    def _move(self, shard_map: ShardMap, source: Optional[torch.Tensor], old_span: Tuple[int, int],
-              target: Optional[torch.Tensor], new_span: Tuple[int, int], exchange: _Exchange,
-              spans=None) -> None:
-        """Copy what stays on this rank from `source` (old flat values over `old_span` of this
-        TP rank's old shard) into `target` (new flat values over `new_span` of its new shard),
-        queue what leaves, and register what arrives. `spans` (optimizer state only) selects
-        the optimizer's ranges for ownership; without it, a TP rank owns its whole shard."""
+    def _move(self, shard_map: ShardMap, pairs, old_span: Tuple[int, int], new_span: Tuple[int, int],
+              exchange: _Exchange, spans=None) -> None:
+        """For each (source, target) of one parameter: copy what stays on this rank from
+        `source` (old flat values over `old_span` of this TP rank's old shard) into `target`
+        (new flat values over `new_span` of its new shard), queue what leaves, and register
+        what arrives. `spans` (optimizer state only) selects the distributed optimizer's
+        ranges for ownership; without it, a TP rank owns its whole shard."""
         me = exchange.me
-        if target is not None and new_span[1] > new_span[0]:
-            grid = shard_map.sources(self.tp_rank, *new_span)
-            owners = self._owners(grid, "old", spans)
-            if isinstance(owners, int):
+        ranged = spans is not None and self.distributed
+        receiving = [(s, t) for s, t in pairs if t is not None] if new_span[1] > new_span[0] else []
+        sending = [(s, t) for s, t in pairs if s is not None] if old_span[1] > old_span[0] else []
+        if shard_map.unchanged(self.tp_rank):
+            # Same shard, element for element: only the distributed optimizer's ranges moved.
+            low, high = max(old_span[0], new_span[0]), min(old_span[1], new_span[1])
+            for source, target in receiving:
+                if high > low:
+                    target[low - new_span[0]:high - new_span[0]].copy_(source[low - old_span[0]:high - old_span[0]])
+                    self.stats.bytes_copied += (high - low) * target.element_size()
+            if not ranged:
+                return
+            receiving = [(s, t) for s, t in receiving if (new_span[0], new_span[1]) != (low, high)]
+            holes = [(new_span[0], min(low, new_span[1]) if high > low else new_span[1]),
+                     (max(high, new_span[0]), new_span[1])] if high > low else [new_span]
+            for start, end in holes:
+                if end > start:
+                    grid = shard_map.sources(self.tp_rank, start, end)
+                    self._receive(grid, [(s, t[start - new_span[0]:end - new_span[0]]) for s, t in receiving],
+                                  old_span, exchange, spans, skip_local=True)
+            pieces = [(old_span[0], min(old_span[1], new_span[0])), (max(old_span[0], new_span[1]), old_span[1])]
+            for start, end in pieces:
+                if end > start:
+                    grid = shard_map.destinations(self.tp_rank, start, end)
+                    self._send(grid, [(s[start - old_span[0]:end - old_span[0]], t) for s, t in sending],
+                               exchange, spans)
+            return
+        if receiving:
+            self._receive(shard_map.sources(self.tp_rank, *new_span), receiving, old_span, exchange, spans)
+        if sending and (ranged or not shard_map.stays(self.tp_rank)):
+            self._send(shard_map.destinations(self.tp_rank, *old_span), sending, exchange, spans)
+
+    def _receive(self, grid, pairs, old_span, exchange: _Exchange, spans, skip_local: bool = False) -> None:
+        me = exchange.me
+        owners = self._owners(grid, "old", spans)
+        index = grid.flat if old_span[0] == 0 else grid.flat - old_span[0]
+        if isinstance(owners, int):
+            for source, target in pairs:
                 if owners == me:
-                    target.copy_(source[grid.flat - old_span[0]].to(target.dtype))
+                    target.copy_(source[index].to(target.dtype))
                     self.stats.bytes_copied += target.numel() * target.element_size()
                 else:
                     exchange.expect(owners, target.numel(), _placer(target, None))
-            else:
-                local = owners == me
-                if bool(local.any()):
-                    target[local] = source[grid.flat[local] - old_span[0]].to(target.dtype)
-                    self.stats.bytes_copied += int(local.sum()) * target.element_size()
-                for rank in torch.unique(owners[~local]).tolist():
-                    where = (owners == rank).nonzero().reshape(-1)
-                    exchange.expect(rank, where.numel(), _placer(target, where))
-        if source is not None and old_span[1] > old_span[0]:
-            grid = shard_map.destinations(self.tp_rank, *old_span)
-            owners = self._owners(grid, "new", spans)
-            kept = grid.flat >= 0
-            if isinstance(owners, int):
-                if owners != me:
+            return
+        local = owners == me
+        others = torch.unique(owners[~local]).tolist()
+        wheres = {rank: (owners == rank).nonzero().reshape(-1) for rank in others}
+        for source, target in pairs:
+            if bool(local.any()) and not skip_local:
+                target[local] = source[index[local]].to(target.dtype)
+                self.stats.bytes_copied += int(local.sum()) * target.element_size()
+            for rank in others:
+                exchange.expect(rank, wheres[rank].numel(), _placer(target, wheres[rank]))
+
+    def _send(self, grid, pairs, exchange: _Exchange, spans) -> None:
+        me = exchange.me
+        owners = self._owners(grid, "new", spans)
+        kept = grid.flat >= 0
+        if isinstance(owners, int):
+            if owners != me:
+                for source, _ in pairs:
                     exchange.send(owners, source[kept])
-                return
-            for rank in torch.unique(owners[kept]).tolist():
-                if rank != me:
-                    exchange.send(rank, source[kept & (owners == rank)])
+            return
+        for rank in torch.unique(owners[kept]).tolist():
+            if rank != me:
+                mask = kept & (owners == rank)
+                for source, _ in pairs:
+                    exchange.send(rank, source[mask])
 
     def _owners(self, grid, side: str, spans):
         """The exchange-group rank holding each element of `grid` (an int when they all agree)."""

@@ -151,6 +151,20 @@ class ShardMap:
         self.old_owner, self.old_position = _owners(self.old_rows, shape[d])
         self.new_owner, self.new_position = _owners(self.new_rows, self.new_shape[d])
 
+    # ---- facts at row granularity ---------------------------------------------------------------
+    def unchanged(self, rank: int) -> bool:
+        """True when TP rank `rank`'s new shard is its old shard, element for element."""
+        same_rows = self.dim is None or torch.equal(self.old_rows[rank], self.new_rows[rank])
+        return same_rows and all(len(k) == n for k, n in zip(self.kept, self.old_shape))
+
+    def stays(self, rank: int) -> bool:
+        """True when every surviving row or column of TP rank `rank`'s old shard stays on it."""
+        if self.dim is None:
+            return True
+        new_global = self.inverse[self.dim][self.old_rows[rank]]
+        new_global = new_global[new_global >= 0]
+        return bool((self.new_owner[new_global] == rank).all())
+
     # ---- shapes -----------------------------------------------------------------------------
     def local_shape(self, which: str, rank: int) -> List[int]:
         """(rows, columns) of TP rank `rank`'s shard, `which` = 'old' or 'new'."""
