@@ -208,6 +208,9 @@ class LocalRound:
         ranges for ownership; without it, a TP rank owns its whole shard."""
         me = exchange.me
         ranged = spans is not None and self.distributed
+        if not ranged:
+            self._move_whole_shards(shard_map, pairs, exchange)
+            return
         receiving = [(s, t) for s, t in pairs if t is not None] if new_span[1] > new_span[0] else []
         sending = [(s, t) for s, t in pairs if s is not None] if old_span[1] > old_span[0] else []
         if shard_map.unchanged(self.tp_rank):
@@ -238,6 +241,52 @@ class LocalRound:
             self._receive(shard_map.sources(self.tp_rank, *new_span), receiving, old_span, exchange, spans)
         if sending and (ranged or not shard_map.stays(self.tp_rank)):
             self._send(shard_map.destinations(self.tp_rank, *old_span), sending, exchange, spans)
+
+    def _move_whole_shards(self, shard_map: ShardMap, pairs, exchange: _Exchange) -> None:
+        """`_move` where every TP rank holds its whole shard (weights; the plain optimizer's
+        state): runs of rows and columns copied as blocks, whole rows or columns sent."""
+        t = self.tp_rank
+        old_shape, new_shape = shard_map.local_shape("old", t), shard_map.local_shape("new", t)
+        if shard_map.unchanged(t):
+            for source, target in pairs:
+                target.copy_(source)
+                self.stats.bytes_copied += target.numel() * target.element_size()
+            return
+        (owner0, rows), (owner1, columns) = shard_map.receive_axes(t)
+        axis = shard_map.dim
+        owner = owner0 if axis == 0 else owner1
+        local = None if owner is None else owner == t
+        for source, target in pairs:
+            src, dst = source.view(old_shape), target.view(new_shape)
+            keep_rows, keep_columns = (rows, columns)
+            places = [torch.arange(new_shape[0]), torch.arange(new_shape[1])]
+            if local is not None and not bool(local.all()):
+                keep = [keep_rows, keep_columns]
+                keep[axis] = keep[axis][local]
+                places[axis] = places[axis][local]
+                keep_rows, keep_columns = keep
+            _copy_blocks(src, dst, keep_rows, keep_columns, *places)
+            self.stats.bytes_copied += len(keep_rows) * len(keep_columns) * target.element_size()
+            if local is not None:
+                for rank in torch.unique(owner[~local]).tolist():
+                    where = (owner == rank).nonzero().reshape(-1)
+                    exchange.expect(rank, len(where) * new_shape[1 - axis], _block_placer(dst, axis, where))
+        (owner0, rows), (owner1, columns) = shard_map.send_axes(t)
+        owner, index = (owner0, rows) if axis == 0 else (owner1, columns)
+        if owner is None:
+            return
+        moving = (owner != t) & (index >= 0)
+        if not bool(moving.any()):
+            return
+        other = columns if axis == 0 else rows
+        other = (other >= 0).nonzero().reshape(-1)  # surviving indices of the other axis, in order
+        for rank in torch.unique(owner[moving]).tolist():
+            chosen = ((owner == rank) & (index >= 0)).nonzero().reshape(-1)
+            chosen = chosen[torch.argsort(index[chosen])]
+            for source, _ in pairs:
+                src = source.view(old_shape)
+                block = src.index_select(axis, chosen).index_select(1 - axis, other)
+                exchange.send(rank, block.contiguous())
 
     def _receive(self, grid, pairs, old_span, exchange: _Exchange, spans, skip_local: bool = False) -> None:
         me = exchange.me
@@ -326,6 +375,41 @@ class LocalRound:
             slot = torch.bucketize(flat[mask], starts[order], right=True) - 1
             owners[mask] = self.rank_of[u, order[slot]]
         return owners
+
+
+def _runs(source: torch.Tensor, target: torch.Tensor):
+    """(target start, source start, length) of the maximal runs where both index vectors step by one."""
+    if len(source) == 0:
+        return []
+    breaks = ((source[1:] - source[:-1] != 1) | (target[1:] - target[:-1] != 1)).nonzero().reshape(-1) + 1
+    starts = [0] + breaks.tolist()
+    ends = breaks.tolist() + [len(source)]
+    return [(int(target[a]), int(source[a]), b - a) for a, b in zip(starts, ends)]
+
+
+_MAX_BLOCKS = 64
+"""Beyond this many blocks (a round with many removals), one indexed copy is faster."""
+
+
+def _copy_blocks(src: torch.Tensor, dst: torch.Tensor, rows, columns, row_places, column_places) -> None:
+    """dst[row_places][:, column_places] = src[rows][:, columns], as block copies of the runs."""
+    row_runs, column_runs = _runs(rows, row_places), _runs(columns, column_places)
+    if len(row_runs) * len(column_runs) > _MAX_BLOCKS:
+        block = src.index_select(0, rows).index_select(1, columns)
+        dst.index_put_((row_places[:, None], column_places[None, :]), block.to(dst.dtype))
+        return
+    for to_row, from_row, n_rows in row_runs:
+        for to_column, from_column, n_columns in column_runs:
+            dst[to_row:to_row + n_rows, to_column:to_column + n_columns].copy_(
+                src[from_row:from_row + n_rows, from_column:from_column + n_columns])
+
+
+def _block_placer(dst: torch.Tensor, axis: int, where: torch.Tensor) -> Callable[[torch.Tensor], None]:
+    """Received whole rows (axis 0) or columns (axis 1) of `dst`, at indices `where`, row-major."""
+    def place(values: torch.Tensor) -> None:
+        shape = (len(where), dst.shape[1]) if axis == 0 else (dst.shape[0], len(where))
+        dst.index_copy_(axis, where.to(dst.device), values.to(dst.device, dst.dtype).view(shape))
+    return place
 
 
 def _placer(target: torch.Tensor, where: Optional[torch.Tensor]) -> Callable[[torch.Tensor], None]:

@@ -165,6 +165,32 @@ class ShardMap:
         new_global = new_global[new_global >= 0]
         return bool((self.new_owner[new_global] == rank).all())
 
+    def receive_axes(self, rank: int):
+        """For TP rank `rank`'s new shard, per axis: (old TP rank of each new index or None when
+        all are `rank`'s own, old local index of each new index)."""
+        axes = []
+        for axis in range(2):
+            if axis != self.dim:
+                axes.append((None, self.kept[axis]))
+                continue
+            old_global = self.kept[axis][self.new_rows[rank]]
+            axes.append((self.old_owner[old_global], self.old_position[old_global]))
+        return axes
+
+    def send_axes(self, rank: int):
+        """For TP rank `rank`'s old shard, per axis: (new TP rank of each old index or None when
+        all stay, new local index of each old index or -1 where removed)."""
+        axes = []
+        for axis in range(2):
+            if axis != self.dim:
+                axes.append((None, self.inverse[axis]))
+                continue
+            new_global = self.inverse[axis][self.old_rows[rank]]
+            alive = new_global >= 0
+            owner = torch.where(alive, self.new_owner[new_global.clamp(min=0)], rank)
+            axes.append((owner, torch.where(alive, self.new_position[new_global.clamp(min=0)], -1)))
+        return axes
+
     # ---- shapes -----------------------------------------------------------------------------
     def local_shape(self, which: str, rank: int) -> List[int]:
         """(rows, columns) of TP rank `rank`'s shard, `which` = 'old' or 'new'."""
