@@ -188,7 +188,8 @@ class LocalRound:
             if any_moments and record.master is not None:
                 adam = record.adam()
                 for moment in MOMENTS:
-                    adam[moment] = torch.zeros(record.master.shape, dtype=torch.float32,
+                    # Every element is filled below from a surviving one: no zero fill needed.
+                    adam[moment] = torch.empty(record.master.shape, dtype=torch.float32,
                                                device=record.master.device)
                     targets[moment] = adam[moment].view(-1)
             pairs = [(old.fields.get(name), targets.get(name)) for name in ("master",) + MOMENTS
@@ -198,7 +199,7 @@ class LocalRound:
         self.stats.bytes_sent += exchange.run()
         state.set_step(self.step)
 
-    # ---- the element moves ----------------------------------------------------------------
+    # ---- the moves --------------------------------------------------------------------------
     def _move(self, shard_map: ShardMap, pairs, old_span: Tuple[int, int], new_span: Tuple[int, int],
               exchange: _Exchange, spans=None) -> None:
         """For each (source, target) of one parameter: copy what stays on this rank from
@@ -206,130 +207,42 @@ class LocalRound:
         (new flat values over `new_span` of its new shard), queue what leaves, and register
         what arrives. `spans` (optimizer state only) selects the distributed optimizer's
         ranges for ownership; without it, a TP rank owns its whole shard."""
-        me = exchange.me
+        t, me = self.tp_rank, exchange.me
         ranged = spans is not None and self.distributed
-        if not ranged:
-            self._move_whole_shards(shard_map, pairs, exchange)
-            return
-        receiving = [(s, t) for s, t in pairs if t is not None] if new_span[1] > new_span[0] else []
-        sending = [(s, t) for s, t in pairs if s is not None] if old_span[1] > old_span[0] else []
-        if shard_map.unchanged(self.tp_rank):
-            # Same shard, element for element: only the distributed optimizer's ranges moved.
-            low, high = max(old_span[0], new_span[0]), min(old_span[1], new_span[1])
+        old_owner = self._owner_function("old", spans) if ranged else _whole_shard_owner
+        new_owner = self._owner_function("new", spans) if ranged else _whole_shard_owner
+        # A rank may hold a field on one side only (a distributed optimizer range that is
+        # empty before or after the round): it then only receives, or only sends.
+        receiving = [(s, t_) for s, t_ in pairs if t_ is not None]
+        sending = [(s, t_) for s, t_ in pairs if s is not None]
+        if new_span[1] > new_span[0] and receiving:
+            width = shard_map.local_shape("new", t)[1]
+            plan = _plan(shard_map.source_rects(t), new_span, width, old_owner, me, with_local=True)
             for source, target in receiving:
-                if high > low:
-                    target[low - new_span[0]:high - new_span[0]].copy_(source[low - old_span[0]:high - old_span[0]])
-                    self.stats.bytes_copied += (high - low) * target.element_size()
-            if not ranged:
-                return
-            receiving = [(s, t) for s, t in receiving if (new_span[0], new_span[1]) != (low, high)]
-            holes = [(new_span[0], min(low, new_span[1]) if high > low else new_span[1]),
-                     (max(high, new_span[0]), new_span[1])] if high > low else [new_span]
-            for start, end in holes:
-                if end > start:
-                    grid = shard_map.sources(self.tp_rank, start, end)
-                    self._receive(grid, [(s, t[start - new_span[0]:end - new_span[0]]) for s, t in receiving],
-                                  old_span, exchange, spans, skip_local=True)
-            pieces = [(old_span[0], min(old_span[1], new_span[0])), (max(old_span[0], new_span[1]), old_span[1])]
-            for start, end in pieces:
-                if end > start:
-                    grid = shard_map.destinations(self.tp_rank, start, end)
-                    self._send(grid, [(s[start - old_span[0]:end - old_span[0]], t) for s, t in sending],
-                               exchange, spans)
-            return
-        if receiving:
-            self._receive(shard_map.sources(self.tp_rank, *new_span), receiving, old_span, exchange, spans)
-        if sending and (ranged or not shard_map.stays(self.tp_rank)):
-            self._send(shard_map.destinations(self.tp_rank, *old_span), sending, exchange, spans)
+                if source is not None:  # without an old range, nothing stays local
+                    self.stats.bytes_copied += plan.copy_local(source, old_span[0], target, new_span[0], width)
+                for rank, (here, _) in plan.remote.items():
+                    exchange.expect(rank, here.numel(), _placer(target, here - new_span[0]))
+        if old_span[1] > old_span[0] and sending:
+            width = shard_map.local_shape("old", t)[1]
+            plan = _plan(shard_map.destination_rects(t), old_span, width, new_owner, me, with_local=False)
+            for rank, (here, _) in plan.remote.items():
+                for source, _ in sending:
+                    exchange.send(rank, source[here - old_span[0]])
 
-    def _move_whole_shards(self, shard_map: ShardMap, pairs, exchange: _Exchange) -> None:
-        """`_move` where every TP rank holds its whole shard (weights; the plain optimizer's
-        state): runs of rows and columns copied as blocks, whole rows or columns sent."""
-        t = self.tp_rank
-        old_shape, new_shape = shard_map.local_shape("old", t), shard_map.local_shape("new", t)
-        if shard_map.unchanged(t):
-            for source, target in pairs:
-                target.copy_(source)
-                self.stats.bytes_copied += target.numel() * target.element_size()
-            return
-        (owner0, rows), (owner1, columns) = shard_map.receive_axes(t)
-        axis = shard_map.dim
-        owner = owner0 if axis == 0 else owner1
-        local = None if owner is None else owner == t
-        for source, target in pairs:
-            src, dst = source.view(old_shape), target.view(new_shape)
-            keep_rows, keep_columns = (rows, columns)
-            places = [torch.arange(new_shape[0]), torch.arange(new_shape[1])]
-            if local is not None and not bool(local.all()):
-                keep = [keep_rows, keep_columns]
-                keep[axis] = keep[axis][local]
-                places[axis] = places[axis][local]
-                keep_rows, keep_columns = keep
-            _copy_blocks(src, dst, keep_rows, keep_columns, *places)
-            self.stats.bytes_copied += len(keep_rows) * len(keep_columns) * target.element_size()
-            if local is not None:
-                for rank in torch.unique(owner[~local]).tolist():
-                    where = (owner == rank).nonzero().reshape(-1)
-                    exchange.expect(rank, len(where) * new_shape[1 - axis], _block_placer(dst, axis, where))
-        (owner0, rows), (owner1, columns) = shard_map.send_axes(t)
-        owner, index = (owner0, rows) if axis == 0 else (owner1, columns)
-        if owner is None:
-            return
-        moving = (owner != t) & (index >= 0)
-        if not bool(moving.any()):
-            return
-        other = columns if axis == 0 else rows
-        other = (other >= 0).nonzero().reshape(-1)  # surviving indices of the other axis, in order
-        for rank in torch.unique(owner[moving]).tolist():
-            chosen = ((owner == rank) & (index >= 0)).nonzero().reshape(-1)
-            chosen = chosen[torch.argsort(index[chosen])]
-            for source, _ in pairs:
-                src = source.view(old_shape)
-                block = src.index_select(axis, chosen).index_select(1 - axis, other)
-                exchange.send(rank, block.contiguous())
+    def _owner_function(self, side: str, spans):
+        """owner(tp_rank, flat positions) -> group ranks, under the distributed optimizer's
+        `side` ('old' or 'new') ranges of the parameter `spans` names."""
+        index, new_spans = spans
+        table = (self.old_spans if side == "old" else new_spans)[:, :, index]  # [tp, dp, 2]
 
-    def _receive(self, grid, pairs, old_span, exchange: _Exchange, spans, skip_local: bool = False) -> None:
-        me = exchange.me
-        owners = self._owners(grid, "old", spans)
-        index = grid.flat if old_span[0] == 0 else grid.flat - old_span[0]
-        if isinstance(owners, int):
-            for source, target in pairs:
-                if owners == me:
-                    target.copy_(source[index].to(target.dtype))
-                    self.stats.bytes_copied += target.numel() * target.element_size()
-                else:
-                    exchange.expect(owners, target.numel(), _placer(target, None))
-            return
-        local = owners == me
-        others = torch.unique(owners[~local]).tolist()
-        wheres = {rank: (owners == rank).nonzero().reshape(-1) for rank in others}
-        for source, target in pairs:
-            if bool(local.any()) and not skip_local:
-                target[local] = source[index[local]].to(target.dtype)
-                self.stats.bytes_copied += int(local.sum()) * target.element_size()
-            for rank in others:
-                exchange.expect(rank, wheres[rank].numel(), _placer(target, wheres[rank]))
-
-    def _send(self, grid, pairs, exchange: _Exchange, spans) -> None:
-        me = exchange.me
-        owners = self._owners(grid, "new", spans)
-        kept = grid.flat >= 0
-        if isinstance(owners, int):
-            if owners != me:
-                for source, _ in pairs:
-                    exchange.send(owners, source[kept])
-            return
-        for rank in torch.unique(owners[kept]).tolist():
-            if rank != me:
-                mask = kept & (owners == rank)
-                for source, _ in pairs:
-                    exchange.send(rank, source[mask])
-
-    def _owners(self, grid, side: str, spans):
-        """The exchange-group rank holding each element of `grid` (an int when they all agree)."""
-        if spans is None or not self.distributed:  # whole shards: the same DP rank's TP peer
-            return grid.single if grid.single is not None else grid.tp_rank
-        return self._owner(grid.tp_rank_of(), grid.flat, side, spans)
+        def owner(tp_rank: int, flat: torch.Tensor) -> torch.Tensor:
+            starts, ends = table[tp_rank, :, 0], table[tp_rank, :, 1]
+            nonempty = (ends > starts).nonzero().reshape(-1)
+            order = nonempty[torch.argsort(starts[nonempty])]
+            slot = torch.bucketize(flat, starts[order], right=True) - 1
+            return self.rank_of[tp_rank, order[slot]]
+        return owner
 
     # ---- distributed optimizer ranges ------------------------------------------------------------
     def _group_ranks(self) -> None:
@@ -361,21 +274,6 @@ class LocalRound:
                 table[u, d] = everyone[int(self.rank_of[u, d])].cpu()
         return table
 
-    def _owner(self, tp_rank: torch.Tensor, flat: torch.Tensor, side: str, spans) -> torch.Tensor:
-        """Group rank owning each element (TP rank, flat position in its shard) under the
-        distributed optimizer's old or new ranges."""
-        index, new_spans = spans
-        table = (self.old_spans if side == "old" else new_spans)[:, :, index]  # [tp, dp, 2]
-        owners = torch.empty_like(flat)
-        for u in torch.unique(tp_rank).tolist():
-            mask = tp_rank == u
-            starts, ends = table[u, :, 0], table[u, :, 1]
-            nonempty = (ends > starts).nonzero().reshape(-1)
-            order = nonempty[torch.argsort(starts[nonempty])]
-            slot = torch.bucketize(flat[mask], starts[order], right=True) - 1
-            owners[mask] = self.rank_of[u, order[slot]]
-        return owners
-
 
 def _runs(source: torch.Tensor, target: torch.Tensor):
     """(target start, source start, length) of the maximal runs where both index vectors step by one."""
@@ -387,29 +285,112 @@ def _runs(source: torch.Tensor, target: torch.Tensor):
     return [(int(target[a]), int(source[a]), b - a) for a, b in zip(starts, ends)]
 
 
-_MAX_BLOCKS = 64
-"""Beyond this many blocks (a round with many removals), one indexed copy is faster."""
+def _whole_shard_owner(tp_rank: int, flat: torch.Tensor) -> torch.Tensor:
+    """Where every TP rank holds its whole shard, the TP group's rank `tp_rank` owns it all."""
+    return torch.full_like(flat, tp_rank)
 
 
-def _copy_blocks(src: torch.Tensor, dst: torch.Tensor, rows, columns, row_places, column_places) -> None:
-    """dst[row_places][:, column_places] = src[rows][:, columns], as block copies of the runs."""
-    row_runs, column_runs = _runs(rows, row_places), _runs(columns, column_places)
-    if len(row_runs) * len(column_runs) > _MAX_BLOCKS:
-        block = src.index_select(0, rows).index_select(1, columns)
-        dst.index_put_((row_places[:, None], column_places[None, :]), block.to(dst.dtype))
-        return
-    for to_row, from_row, n_rows in row_runs:
-        for to_column, from_column, n_columns in column_runs:
-            dst[to_row:to_row + n_rows, to_column:to_column + n_columns].copy_(
-                src[from_row:from_row + n_rows, from_column:from_column + n_columns])
+_MAX_COLUMN_RUNS = 8
+"""Beyond this many column runs (a round with many removals), one indexed copy per row run."""
 
 
-def _block_placer(dst: torch.Tensor, axis: int, where: torch.Tensor) -> Callable[[torch.Tensor], None]:
-    """Received whole rows (axis 0) or columns (axis 1) of `dst`, at indices `where`, row-major."""
-    def place(values: torch.Tensor) -> None:
-        shape = (len(where), dst.shape[1]) if axis == 0 else (dst.shape[0], len(where))
-        dst.index_copy_(axis, where.to(dst.device), values.to(dst.device, dst.dtype).view(shape))
-    return place
+@dataclass
+class _Plan:
+    """One parameter's elements on one side of the round, sorted by where they go.
+
+    `local`: (rect, first row's flat position, peer flat of its first element, row count)
+    for runs of whole rows of a rect that stay on this rank; `local_elements`: (here, there)
+    flat positions of the other elements that stay; `remote`: per group rank on the other
+    side, (here, there) flat positions, increasing.
+    """
+
+    local: List[Tuple[object, int, int, int]]
+    local_elements: Tuple[torch.Tensor, torch.Tensor]
+    remote: Dict[int, Tuple[torch.Tensor, torch.Tensor]]
+
+    def copy_local(self, source: torch.Tensor, source_start: int, target: torch.Tensor, target_start: int,
+                   width: int) -> int:
+        """target[here] = source[there] for every element that stays; returns bytes copied.
+        `source` and `target` are flat over ranges starting at `source_start`/`target_start`."""
+        copied = 0
+        for rect, row_flat, peer_flat, count in self.local:
+            runs = _runs(rect.offsets, rect.columns)
+            if len(runs) <= _MAX_COLUMN_RUNS:
+                for column, offset, length in runs:
+                    _strided(target, row_flat + column - target_start, count, length, width).copy_(
+                        _strided(source, peer_flat + offset - source_start, count, length, rect.peer_width))
+            else:
+                first, last = int(rect.columns[0]), int(rect.columns[-1])
+                low, high = int(rect.offsets[0]), int(rect.offsets[-1])
+                into = _strided(target, row_flat + first - target_start, count, last - first + 1, width)
+                out = _strided(source, peer_flat + low - source_start, count, high - low + 1, rect.peer_width)
+                into[:, rect.columns - first] = out[:, rect.offsets - low].to(target.dtype)
+            copied += count * len(rect.columns) * target.element_size()
+        here, there = self.local_elements
+        if here.numel():
+            target[here - target_start] = source[there - source_start].to(target.dtype)
+            copied += here.numel() * target.element_size()
+        return copied
+
+
+def _strided(flat: torch.Tensor, start: int, rows: int, columns: int, stride: int) -> torch.Tensor:
+    """The (rows, columns) block of a flat tensor whose rows start `stride` apart from `start`."""
+    return flat.as_strided((rows, columns), (stride, 1), flat.storage_offset() + start)
+
+
+def _plan(rects, span: Tuple[int, int], width: int, owner, me: int, with_local: bool) -> _Plan:
+    """Sort the elements of flat range `span` of a local shard `width` columns wide, given as
+    `rects`, by the group rank that holds them on the other side (`owner(peer, flat)`).
+
+    Whole rows whose first and last element have one owner go as a unit (an owner range
+    is contiguous in flat order); only the rest are listed element by element: partial
+    rows at the ends of `span`, rows that straddle an owner boundary, and rows that
+    leave this rank, all proportional to what the round moves."""
+    low, high = span
+    local: List[Tuple[object, int, int, int]] = []
+    pieces: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    for rect in rects:
+        if not len(rect.rows) or not len(rect.columns):
+            continue
+        first_column, last_column = int(rect.columns[0]), int(rect.columns[-1])
+        row_flat = rect.rows * width
+        touching = (row_flat + last_column >= low) & (row_flat + first_column < high)
+        whole = touching & (row_flat + first_column >= low) & (row_flat + last_column < high)
+        rows = whole.nonzero().reshape(-1)
+        start_owner = owner(rect.peer, rect.bases[rows] + rect.offsets[0])
+        end_owner = owner(rect.peer, rect.bases[rows] + rect.offsets[-1])
+        staying = (start_owner == me) & (end_owner == me)
+        if with_local:
+            for row, base, count in _row_runs(rect.rows[rows[staying]], rect.bases[rows[staying]],
+                                              rect.peer_width):
+                local.append((rect, row * width, base, count))
+        listed = torch.cat([(touching & ~whole).nonzero().reshape(-1), rows[~staying]])
+        if listed.numel():
+            here = (row_flat[listed][:, None] + rect.columns[None, :]).reshape(-1)
+            there = (rect.bases[listed][:, None] + rect.offsets[None, :]).reshape(-1)
+            inside = (here >= low) & (here < high)
+            here, there = here[inside], there[inside]
+            pieces.append((here, there, owner(rect.peer, there)))
+    empty = torch.empty(0, dtype=torch.long)
+    if not pieces:
+        return _Plan(local, (empty, empty), {})
+    here, there, owners = (torch.cat(parts) for parts in zip(*pieces))
+    order = torch.argsort(here)
+    here, there, owners = here[order], there[order], owners[order]
+    stays = owners == me
+    remote = {rank: (here[owners == rank], there[owners == rank]) for rank in torch.unique(owners[~stays]).tolist()}
+    return _Plan(local, (here[stays], there[stays]) if with_local else (empty, empty), remote)
+
+
+def _row_runs(rows: torch.Tensor, bases: torch.Tensor, peer_width: int):
+    """(first row, its peer base, count) of the maximal runs of consecutive rows whose peer
+    rows are consecutive too (bases `peer_width` apart)."""
+    if not len(rows):
+        return []
+    breaks = ((rows[1:] - rows[:-1] != 1) | (bases[1:] - bases[:-1] != peer_width)).nonzero().reshape(-1) + 1
+    starts = [0] + breaks.tolist()
+    ends = breaks.tolist() + [len(rows)]
+    return [(int(rows[a]), int(bases[a]), b - a) for a, b in zip(starts, ends)]
 
 
 def _placer(target: torch.Tensor, where: Optional[torch.Tensor]) -> Callable[[torch.Tensor], None]:

@@ -10,8 +10,9 @@ balanced placement of the new `Arch` moves a boundary group or channel to the
 neighbouring rank, those rows are the only ones that travel.
 
 `ShardMap` works at row and column granularity (vectors as long as the tensor's
-dimensions) and expands to elements only for the flat ranges a caller asks about, so
-its cost is a few integer passes over the elements a rank holds.
+dimensions): it describes each side's shard as a few rectangular blocks (`Rect`) that
+keep their shape through the round, so callers copy blocks and never build per-element
+index tensors for what stays in place.
 """
 
 from __future__ import annotations
@@ -97,31 +98,22 @@ def _inverse(kept: Optional[torch.Tensor], old_size: int) -> torch.Tensor:
     return inverse
 
 
-def _row_range(start: int, end: int, columns: int) -> Tuple[int, int]:
-    """The rows [first, last) of a (rows, columns) tensor that flat range [start, end) touches."""
-    if end <= start or columns == 0:
-        return 0, 0
-    return start // columns, (end - 1) // columns + 1
-
-
 @dataclass
-class Grid:
-    """Per-element facts for one flat range of a local shard: the TP rank on the other side
-    of the round and the flat position there (-1 where the element is removed).
+class Rect:
+    """A block of one side's local shard whose elements all sit on one TP rank, `peer`, on
+    the other side of the round, at flat positions `bases[k] + offsets[l]` there for the
+    element at local row `rows[k]` and local column `columns[l]`.
 
-    `single` is that TP rank when every element of the range shares it (the usual case:
-    nothing crosses ranks), and `tp_rank` is then None.
+    Every index vector is increasing, so the order of elements is the same on both sides.
     """
 
-    flat: torch.Tensor
-    single: Optional[int]
-    tp_rank: Optional[torch.Tensor]
-
-    def tp_rank_of(self, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if self.single is not None:
-            count = self.flat.numel() if mask is None else int(mask.sum())
-            return torch.full((count,), self.single, dtype=torch.long)
-        return self.tp_rank if mask is None else self.tp_rank[mask]
+    peer: int
+    rows: torch.Tensor
+    bases: torch.Tensor
+    columns: torch.Tensor
+    offsets: torch.Tensor
+    peer_width: int
+    """Columns of the peer's local shard (the flat stride between its rows)."""
 
 
 class ShardMap:
@@ -151,46 +143,6 @@ class ShardMap:
         self.old_owner, self.old_position = _owners(self.old_rows, shape[d])
         self.new_owner, self.new_position = _owners(self.new_rows, self.new_shape[d])
 
-    # ---- facts at row granularity ---------------------------------------------------------------
-    def unchanged(self, rank: int) -> bool:
-        """True when TP rank `rank`'s new shard is its old shard, element for element."""
-        same_rows = self.dim is None or torch.equal(self.old_rows[rank], self.new_rows[rank])
-        return same_rows and all(len(k) == n for k, n in zip(self.kept, self.old_shape))
-
-    def stays(self, rank: int) -> bool:
-        """True when every surviving row or column of TP rank `rank`'s old shard stays on it."""
-        if self.dim is None:
-            return True
-        new_global = self.inverse[self.dim][self.old_rows[rank]]
-        new_global = new_global[new_global >= 0]
-        return bool((self.new_owner[new_global] == rank).all())
-
-    def receive_axes(self, rank: int):
-        """For TP rank `rank`'s new shard, per axis: (old TP rank of each new index or None when
-        all are `rank`'s own, old local index of each new index)."""
-        axes = []
-        for axis in range(2):
-            if axis != self.dim:
-                axes.append((None, self.kept[axis]))
-                continue
-            old_global = self.kept[axis][self.new_rows[rank]]
-            axes.append((self.old_owner[old_global], self.old_position[old_global]))
-        return axes
-
-    def send_axes(self, rank: int):
-        """For TP rank `rank`'s old shard, per axis: (new TP rank of each old index or None when
-        all stay, new local index of each old index or -1 where removed)."""
-        axes = []
-        for axis in range(2):
-            if axis != self.dim:
-                axes.append((None, self.inverse[axis]))
-                continue
-            new_global = self.inverse[axis][self.old_rows[rank]]
-            alive = new_global >= 0
-            owner = torch.where(alive, self.new_owner[new_global.clamp(min=0)], rank)
-            axes.append((owner, torch.where(alive, self.new_position[new_global.clamp(min=0)], -1)))
-        return axes
-
     # ---- shapes -----------------------------------------------------------------------------
     def local_shape(self, which: str, rank: int) -> List[int]:
         """(rows, columns) of TP rank `rank`'s shard, `which` = 'old' or 'new'."""
@@ -204,66 +156,48 @@ class ShardMap:
         rows, columns = self.local_shape(which, rank)
         return rows * columns
 
-    # ---- element maps ------------------------------------------------------------------------
-    def sources(self, rank: int, start: int, end: int) -> Grid:
-        """For the elements [start, end) of TP rank `rank`'s *new* flat shard: the old TP rank
-        holding each and its flat position in that rank's old shard."""
+    # ---- block maps -----------------------------------------------------------------------
+    def source_rects(self, rank: int) -> List[Rect]:
+        """TP rank `rank`'s *new* shard as blocks, each with the old TP rank it comes from
+        and its flat positions in that rank's old shard."""
         rows, columns = self.local_shape("new", rank)
-        first, last = _row_range(start, end, columns)
-        i = torch.arange(first, last)
-        j = torch.arange(columns)
-        d = self.dim
+        all_rows, all_columns = torch.arange(rows), torch.arange(columns)
+        d, old_columns = self.dim, self.old_shape[1]
         if d is None:
-            tp_rank = torch.full((1, 1), rank, dtype=torch.long)
-            flat = self.kept[0][i][:, None] * self.old_shape[1] + self.kept[1][None, :]
-        elif d == 0:
-            old_row = self.kept[0][self.new_rows[rank][i]]
-            tp_rank = self.old_owner[old_row][:, None]
-            flat = self.old_position[old_row][:, None] * self.old_shape[1] + self.kept[1][None, :]
-        else:
-            old_column = self.kept[1][self.new_rows[rank][j]]
-            tp_rank = self.old_owner[old_column][None, :]
-            widths = torch.tensor([len(r) for r in self.old_rows])
-            flat = self.kept[0][i][:, None] * widths[tp_rank] + self.old_position[old_column][None, :]
-        return self._slice(tp_rank, flat, first * columns, start, end)
+            return [Rect(rank, all_rows, self.kept[0] * old_columns, all_columns, self.kept[1], old_columns)]
+        old_global = self.kept[d][self.new_rows[rank]]
+        owner, position = self.old_owner[old_global], self.old_position[old_global]
+        rects = []
+        for peer in torch.unique(owner).tolist():
+            chosen = (owner == peer).nonzero().reshape(-1)
+            if d == 0:
+                rects.append(Rect(peer, chosen, position[chosen] * old_columns, all_columns, self.kept[1],
+                                  old_columns))
+            else:
+                width = len(self.old_rows[peer])
+                rects.append(Rect(peer, all_rows, self.kept[0] * width, chosen, position[chosen], width))
+        return rects
 
-    def destinations(self, rank: int, start: int, end: int) -> Grid:
-        """For the elements [start, end) of TP rank `rank`'s *old* flat shard: the new TP rank
-        each goes to and its flat position there, or flat -1 where it is removed."""
-        rows, columns = self.local_shape("old", rank)
-        first, last = _row_range(start, end, columns)
-        i = torch.arange(first, last)
-        j = torch.arange(columns)
-        d = self.dim
+    def destination_rects(self, rank: int) -> List[Rect]:
+        """TP rank `rank`'s *old* shard, less what the round removes, as blocks, each with the
+        new TP rank it goes to and its flat positions in that rank's new shard."""
+        alive = [(inverse >= 0).nonzero().reshape(-1) for inverse in self.inverse]
+        d, new_columns = self.dim, self.new_shape[1]
         if d is None:
-            tp_rank = torch.full((1, 1), rank, dtype=torch.long)
-            new_row, new_column = self.inverse[0][i][:, None], self.inverse[1][None, :]
-            flat = new_row * self.new_shape[1] + new_column
-        elif d == 0:
-            new_global = self.inverse[0][self.old_rows[rank][i]]
-            tp_rank = torch.where(new_global >= 0, self.new_owner[new_global.clamp(min=0)], rank)[:, None]
-            new_row = torch.where(new_global >= 0, self.new_position[new_global.clamp(min=0)], -1)[:, None]
-            new_column = self.inverse[1][None, :]
-            flat = new_row * self.new_shape[1] + new_column
-        else:
-            new_global = self.inverse[1][self.old_rows[rank][j]]
-            tp_rank = torch.where(new_global >= 0, self.new_owner[new_global.clamp(min=0)], rank)[None, :]
-            new_column = torch.where(new_global >= 0, self.new_position[new_global.clamp(min=0)], -1)[None, :]
-            new_row = self.inverse[0][i][:, None]
-            widths = torch.tensor([len(r) for r in self.new_rows])
-            flat = new_row * widths[tp_rank.clamp(min=0)] + new_column
-        removed = (new_row < 0) | (new_column < 0)
-        flat = torch.where(removed, -1, flat)
-        return self._slice(tp_rank, flat, first * columns, start, end)
-
-    @staticmethod
-    def _slice(tp_rank: torch.Tensor, flat: torch.Tensor, offset: int, start: int, end: int) -> Grid:
-        """Broadcast the row/column facts of a (rows, columns) block to its elements and keep
-        the flat range [start, end) of the shard (the block starts at flat `offset`)."""
-        window = slice(start - offset, end - offset)
-        values = tp_rank.reshape(-1)
-        if values.numel() == 1 or bool((values == values[0]).all()):
-            return Grid(flat=flat.reshape(-1)[window], single=int(values[0]) if values.numel() else 0,
-                        tp_rank=None)
-        spread = torch.broadcast_to(tp_rank, flat.shape).reshape(-1)[window]
-        return Grid(flat=flat.reshape(-1)[window], single=None, tp_rank=spread)
+            return [Rect(rank, alive[0], self.inverse[0][alive[0]] * new_columns, alive[1],
+                         self.inverse[1][alive[1]], new_columns)]
+        new_global = self.inverse[d][self.old_rows[rank]]
+        survivors = (new_global >= 0).nonzero().reshape(-1)
+        owner = self.new_owner[new_global[survivors]]
+        position = self.new_position[new_global[survivors]]
+        rects = []
+        for peer in torch.unique(owner).tolist():
+            chosen = owner == peer
+            local, there = survivors[chosen], position[chosen]
+            if d == 0:
+                rects.append(Rect(peer, local, there * new_columns, alive[1], self.inverse[1][alive[1]],
+                                  new_columns))
+            else:
+                width = len(self.new_rows[peer])
+                rects.append(Rect(peer, alive[0], self.inverse[0][alive[0]] * width, local, there, width))
+        return rects
