@@ -192,36 +192,105 @@ def _read_state(state_file: Path) -> ResumeState:
                        f"directory to resume from an older one") from None
 
 
-def _sharded_tensors(model, optimizer, fields, is_loading: bool) -> dict:
-    """{key: ShardedTensor} of this stage's full tensors of `fields` (`pap.sharding.training_state`
-    names: `param` is written as `model/<name>`, the others as `optim/<field>/<name>`)."""
+def _sharded_tensors(model, optimizer, arch: Arch, fields, loading: Optional[dict] = None) -> dict:
+    """{unique key: ShardedTensor} of this rank's own pieces of `fields`, as boxes of the full
+    tensors (`pap.sharding.boxes`): `param` as `model/<name>`, the others as
+    `optim/<field>/<name>`. Weights (and the plain optimizer's state) cover the rank's TP
+    shard and are replicas across DP; with the distributed optimizer, masters and moments
+    cover the rank's own flat range. Norms and other unsplit tensors are replicas across TP.
+
+    Saving, the data are this rank's values. Loading, `loading` maps each field to the key
+    prefix to read it from, and the data are fp32 buffers that `_fill_from_boxes` puts in place.
+    """
     from megatron.core import parallel_state as ps
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
+    from pap.sharding.boxes import boxes
     from pap.sharding.full_state import EMBEDDING, full_shape
+    from pap.sharding.shard_map import Placements, tp_dim
     from pap.sharding.training_state import TrainingState
 
     tp_rank, dp_rank = ps.get_tensor_model_parallel_rank(), ps.get_data_parallel_rank()
+    placements = Placements(arch, ps.get_tensor_model_parallel_world_size())
     state = TrainingState(model, optimizer)
-    gathered = None if is_loading else state.gather(fields, across_pp=False, copy=False)  # written right away
     out = {}
     for record in state.records:
         # The last stage's copy of a tied embedding is a replica of the first stage's
         # tensor: never written, but read back from it.
         tied_copy = state.is_tied_copy(record)
         name = EMBEDDING if tied_copy else record.name
-        replica = (1 if tied_copy else 0, tp_rank, dp_rank)
+        shape = tuple(full_shape(record.param))
+        tp_replica = tp_rank if tp_dim(name) is None else 0
         for field in fields:
-            key = f"model/{name}" if field == "param" else f"optim/{field}/{name}"
-            # Loads read into fp32 whatever the saved dtype (exact for bf16): an fp32 checkpoint
-            # loaded into a bf16 run keeps full precision for the fp32 masters.
-            dtype = record.param.dtype if field == "param" and not is_loading else torch.float32
-            if is_loading or tied_copy:
-                tensor = torch.zeros(full_shape(record.param), dtype=dtype)
-            else:
-                tensor = gathered[field][name]
-            out[key] = ShardedTensor.from_rank_offsets(key, tensor, replica_id=replica)
+            ranged = field != "param" and record.span is not None
+            span = record.span if ranged else (0, record.param.numel())
+            if ranged and record.master is None:
+                continue  # this DP rank owns no range of it
+            prefix = (loading or {}).get(field, "model" if field == "param" else f"optim/{field}")
+            key = f"{prefix}/{name}"
+            replica = (1 if tied_copy else 0, tp_replica, 0 if ranged else dp_rank)
+            flat = None if loading is not None else _local_values(state, record, field)
+            for number, box in enumerate(boxes(name, shape, placements, tp_rank, span)):
+                data = (torch.empty(box.shape, dtype=torch.float32) if flat is None
+                        else box.view(flat).contiguous())
+                out[f"{field}/{name}/{number}"] = ShardedTensor(
+                    key, data, data.dtype, tuple(box.shape), shape, tuple(box.offset),
+                    axis_fragmentations=None, replica_id=replica)
     return out
+
+
+def _local_values(state, record, field: str) -> torch.Tensor:
+    """This rank's values of `field` for `record`, flat: the whole TP shard for `param` and
+    the plain optimizer, the owned range with the distributed optimizer."""
+    if field == "param":
+        return record.param.detach().reshape(-1)
+    piece = state._owned_piece(record, field)
+    if piece is not None:
+        return piece.reshape(-1).float()
+    size = record.param.numel() if record.span is None else record.span[1] - record.span[0]
+    if field == "master":  # no separate master: the weights are it
+        return record.param.detach().reshape(-1).float()
+    return torch.zeros(size, dtype=torch.float32, device=record.param.device)  # before Adam's first step
+
+
+@torch.no_grad()
+def _fill_from_boxes(model, optimizer, arch: Arch, loaded: dict, step: Optional[float]) -> None:
+    """Put loaded boxes in place: `param` (read from the saved masters where there are any)
+    sets the model param and, where separate, the fp32 master (its range); moments set
+    Adam's state; `step` Adam's step (None: no moments, Adam starts afresh)."""
+    from megatron.core import parallel_state as ps
+
+    from pap.sharding.boxes import boxes
+    from pap.sharding.full_state import EMBEDDING, full_shape
+    from pap.sharding.shard_map import Placements
+    from pap.sharding.training_state import MOMENTS, TrainingState
+
+    tp_rank = ps.get_tensor_model_parallel_rank()
+    placements = Placements(arch, ps.get_tensor_model_parallel_world_size())
+    state = TrainingState(model, optimizer)
+    for record in state.records:
+        name = EMBEDDING if state.is_tied_copy(record) else record.name
+        shape = tuple(full_shape(record.param))
+
+        def assemble(field: str, span) -> torch.Tensor:
+            flat = torch.empty(span[1] - span[0], dtype=torch.float32)
+            for number, box in enumerate(boxes(name, shape, placements, tp_rank, span)):
+                box.view(flat).copy_(loaded[f"{field}/{name}/{number}"].reshape(box.view(flat).shape))
+            return flat.to(record.param.device)
+
+        weights = assemble("param", (0, record.param.numel()))
+        record.param.copy_(weights.view(record.param.shape).to(record.param.dtype))
+        if record.master is None:
+            continue
+        span = record.span if record.span is not None else (0, record.param.numel())
+        if not record.shares_storage:
+            record.master.copy_(weights[span[0]:span[1]].view(record.master.shape))
+        if step is not None:
+            adam = record.adam()
+            for moment in MOMENTS:
+                adam[moment] = assemble(moment, span).view(record.master.shape)
+    if step is not None:
+        state.set_step(step)
 
 
 def _saved_fields(model, optimizer) -> list:
@@ -236,24 +305,24 @@ def _saved_fields(model, optimizer) -> list:
 
 
 def _load_full(resume: "ResumeState", model, optimizer, with_moments: bool) -> None:
-    """Load `resume`'s tensors into `model` (and `optimizer`) through their `TrainingState`.
+    """Load `resume`'s tensors into `model` (and `optimizer`): each rank reads only the boxes
+    it holds, whatever the layout the checkpoint was written at (torch's distributed
+    checkpoint reads the overlaps of saved and wanted boxes).
 
     Saved fp32 masters are the weights' source of truth when present: they set both the
     masters and the model params (their cast), so a bf16 run resumes with its exact fp32
     masters and an fp32 run started from a bf16 run's checkpoint gets full precision.
     Without saved masters the masters are the saved weights, upcast.
     """
-    from pap.sharding.training_state import MOMENTS, TrainingState
+    from pap.sharding.training_state import MOMENTS
 
-    fields = ["param"] + (["master"] if resume.masters else []) + (list(MOMENTS) if with_moments else [])
-    loaded = _dist_load(_sharded_tensors(model, optimizer, fields, is_loading=True), resume.path)
-    full = {field: {} for field in fields}
-    for key, tensor in loaded.items():
-        field, name = ("param", key[len("model/"):]) if key.startswith("model/") else key[len("optim/"):].split("/", 1)
-        full[field][name] = tensor
-    if "master" in full:
-        del full["param"]
-    TrainingState(model, optimizer).write(full, (resume.adam_step or 0.0) if with_moments else None)
+    fields = ["param"] + (list(MOMENTS) if with_moments and optimizer is not None else [])
+    sources = {"param": "optim/master" if resume.masters else "model",
+               **{moment: f"optim/{moment}" for moment in MOMENTS}}
+    wanted = _sharded_tensors(model, optimizer, resume.arch, fields, loading=sources)
+    loaded = _dist_load(wanted, resume.path)
+    step = (resume.adam_step or 0.0) if "exp_avg" in fields else None
+    _fill_from_boxes(model, optimizer, resume.arch, loaded, step)
 
 
 def save(root: str, iteration: int, consumed_samples: int, arch: Arch, model, optimizer,
@@ -277,7 +346,7 @@ def save(root: str, iteration: int, consumed_samples: int, arch: Arch, model, op
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
     dist.barrier()
-    dist_checkpointing.save(_sharded_tensors(model, optimizer, fields, is_loading=False), str(partial))
+    dist_checkpointing.save(_sharded_tensors(model, optimizer, arch, fields), str(partial))
     adam_step = TrainingState(model, optimizer).step() if optimizer is not None else None
     if rank_state is not None:
         torch.save(rank_state, partial / rank_state_file(*_coordinates()))
@@ -287,7 +356,7 @@ def save(root: str, iteration: int, consumed_samples: int, arch: Arch, model, op
     if rank == 0:
         _write_checksums(partial)
         state = {
-            "format": "full",
+            "format": "boxes",
             "adam_step": adam_step,
             "masters": "master" in fields,
             "iteration": iteration,

@@ -308,6 +308,25 @@ def test_mid_window_resume_at_another_data_parallel_size(tmp_path, random_datase
         assert resumed[iteration] == pytest.approx(reference[iteration], abs=1e-4), iteration
 
 
+def assert_saved_as_own_shards(checkpoint: Path) -> None:
+    """A TP=2 checkpoint of a pruned model holds each rank's own (uneven) shards as chunks of
+    the full tensors, at their global offsets: nobody gathered and wrote a full tensor."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    arch = json.loads((checkpoint / "pap_state.json").read_text())["arch"]
+    metadata = FileSystemReader(str(checkpoint)).read_metadata().state_dict_metadata
+    fc2 = metadata["model/decoder.layers.0.mlp.linear_fc2.weight"]
+    hidden, width = fc2.size
+    chunks = sorted((tuple(c.offsets), tuple(c.sizes)) for c in fc2.chunks)
+    assert len(chunks) == 2 and chunks[0][0] == (0, 0) and chunks[1][0] == (0, chunks[0][1][1]), chunks
+    assert width == arch["ffn"][0] and sorted(c[1][1] for c in chunks) == [width // 2, width - width // 2]
+    fc1 = metadata["model/decoder.layers.0.mlp.linear_fc1.weight"]
+    assert len(fc1.chunks) == 4  # each rank: its gate rows and its up rows
+    assert sum(c.sizes[0] * c.sizes[1] for c in fc1.chunks) == fc1.size[0] * fc1.size[1]
+    norm = metadata["model/decoder.final_layernorm.weight"]
+    assert [tuple(c.sizes) for c in norm.chunks] == [tuple(norm.size)]  # a TP replica, written once
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["pp2", "dp2_distributed_optimizer"])
 def test_mid_window_resume_at_another_tp_pp_layout(layout, tmp_path, random_dataset):
@@ -325,6 +344,7 @@ def test_mid_window_resume_at_another_tp_pp_layout(layout, tmp_path, random_data
     reference = step_losses(tmp_path / "tp2" / "metrics.jsonl")
     cfg["parallel"] = ({"tp": 1, "pp": 2} if layout == "pp2" else
                        {"tp": 1, "pp": 1, "distributed_optimizer": True})
+    assert_saved_as_own_shards(tmp_path / "tp2" / "iter_0000004")
     out, events, resumed = resume_copy(tmp_path, tmp_path / "tp2", 4, layout, cfg, 2)
     assert "saliency window restored at a new layout (1 steps)" in out
     assert decisions(events) == decisions(reference_events)
