@@ -16,7 +16,8 @@ parameters (round time ~ params^e).
 
 Sizes: `5M` is configs/tiny.yaml's shape; `30M` hidden 512, FFN 2048, 8 layers; `110M` and
 `350M` are SmolLM-1.7B's layer shape (hidden 2048, FFN 8192, 32 heads) with 2 and 6
-layers; vocab 4096 untied throughout.
+layers; `24L-narrow` is SmolLM-1.7B's 24 layers at hidden 64 (the part of a round that
+does not grow with tensor sizes); vocab 4096 untied throughout.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ SIZES = {
              "ffn_hidden_size": 8192},
     "350M": {"hidden_size": 2048, "num_layers": 6, "num_attention_heads": 32, "num_query_groups": 32,
              "ffn_hidden_size": 8192},
+    # SmolLM-1.7B's 24 layers at a negligible width: what a round costs that does not
+    # depend on tensor sizes (building megatron's objects, planning, one copy call per tensor).
+    "24L-narrow": {"hidden_size": 64, "num_layers": 24, "num_attention_heads": 4, "num_query_groups": 4,
+                   "ffn_hidden_size": 128},
 }
 
 

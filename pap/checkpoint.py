@@ -6,16 +6,18 @@ Layout (Megatron-LM's names, so its users find their way):
     <dir>/iter_0000100/                         megatron-core dist_checkpointing (torch_dist)
     <dir>/iter_0000100/pap_state.json           Arch, iteration, scheduler, layout, config
 
-Tensors are saved with megatron-core `dist_checkpointing` as full, unsharded tensors under
-their global names (`model/<name>`, `optim/<moment>/<name>`, and for runs whose weights
-are not fp32, the fp32 master weights as `optim/master/<name>`), written once per
-pipeline stage: TP and DP copies are replicas. Every tensor goes through
+Tensors are saved with megatron-core `dist_checkpointing` under their global names
+(`model/<name>`, `optim/<moment>/<name>`, and for runs whose weights are not fp32, the fp32
+master weights as `optim/master/<name>`) with each rank writing only what it holds: its TP
+shard of the weights (DP replicas write once), and its own optimizer state (with the
+distributed optimizer, its flat range), as boxes of the full tensor at their global
+offsets (`pap.sharding.boxes`; a pruned model's TP shards are uneven, which megatron's
+own sharded state dicts do not allow). Every tensor goes through
 `pap.sharding.training_state.TrainingState`, the one owner of a parameter's weight,
-master, moments and Adam step. Any layout loads them, including the uneven TP
-shards of a pruned model and the DP-sharded state of the distributed optimizer, because
-each rank slices what it holds. megatron's own sharded state dicts would assume even TP
-shards and tie the distributed optimizer's state to one TP/PP. The price is a TP (and,
-with the distributed optimizer, DP) all-gather at save and load. A save is written to
+master, moments and Adam step. Any layout loads a checkpoint: each rank asks for the boxes
+it holds now, and torch's distributed checkpoint reads their overlaps with the saved ones
+(checkpoints written as whole tensors by earlier versions load the same way). Nothing is
+gathered at save or load. A save is written to
 `iter_XXXXXXX.partial` and renamed only once every rank has finished and the state file
 is on disk; the tracker file is replaced atomically after that. A crash mid-save leaves
 a `.partial` directory that resume ignores (and the next save of that iteration removes).
