@@ -17,7 +17,18 @@
 #   GPUS_PER_NODE   processes per node (default 8)
 #   MASTER_PORT     rendezvous port (default: derived from the job id)
 #   PAP_OVERRIDES   more config overrides, space separated (e.g. "train.iters=1000")
-#   PAP_PYTHON      the Python that has pap installed (default: python)
+#   PAP_PYTHON      the Python that has pap installed (default: python; in the
+#                   container, the image's)
+#   PAP_CONTAINER   run on the nodes inside this image (pyxis/enroot: `srun
+#                   --container-image`), e.g. a .sqsh made from the Dockerfile by
+#                   `enroot import dockerd://pap`; training and the launch record (config,
+#                   pip freeze, nvidia-smi) both run in it. Unset: the host's PAP_PYTHON.
+#   PAP_CONTAINER_MOUNTS  more `src:dst` mounts, comma separated (data, source checkpoint);
+#                   PAP_HOME and EXP_DIR are always mounted at the same paths
+#   PAP_SOCKET_IFNAME  the network interface for gloo and NCCL's bootstrap (e.g. ib0);
+#                   sets GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME where those are unset
+#                   (pap runs gloo groups beside NCCL; on multi-homed nodes both must bind
+#                   the interface the other nodes reach). Either may also be set directly.
 #   PAP_DRY_RUN=1   print the resolved command line and config, launch nothing
 #
 # Preemption: `#SBATCH --signal=B:USR1@...` warns this shell before the time limit. The
@@ -56,6 +67,30 @@ export NCCL_IB_SL=${NCCL_IB_SL:-1}
 export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export PYTHONUNBUFFERED=1
+if [[ -n "${PAP_SOCKET_IFNAME:-}" ]]; then
+  export GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-$PAP_SOCKET_IFNAME}
+  export NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-$PAP_SOCKET_IFNAME}
+fi
+
+# Inside a container (pyxis): the same paths in and out, so configs, logs and checkpoints
+# written in the container are where this script looks for them.
+container=()
+if [[ -n "${PAP_CONTAINER:-}" ]]; then
+  case "$EXP_DIR" in /*) exp_path=$EXP_DIR ;; *) exp_path=$PAP_HOME/$EXP_DIR ;; esac
+  mounts="$PAP_HOME:$PAP_HOME"
+  [[ "$exp_path" == "$PAP_HOME"/* ]] || mounts+=",$exp_path:$exp_path"
+  mounts+="${PAP_CONTAINER_MOUNTS:+,$PAP_CONTAINER_MOUNTS}"
+  container=(--container-image="$PAP_CONTAINER" --container-mounts="$mounts" --container-workdir="$PAP_HOME")
+fi
+
+# Runs a launch-record step where training runs: in the container on one node, or here.
+on_node() {
+  if ((${#container[@]})); then
+    srun --nodes=1 --ntasks=1 "${container[@]}" "$@"
+  else
+    "$@"
+  fi
+}
 
 overrides=("checkpoint.dir=$EXP_DIR" "train.exit_file=$EXIT_FILE")
 [[ -n "${SOURCE_CKPT:-}" ]] && overrides+=("checkpoint.init_from=$SOURCE_CKPT")
@@ -77,8 +112,12 @@ train=("$PAP_PYTHON" -m torch.distributed.run
 if [[ "${PAP_DRY_RUN:-0}" == 1 ]]; then
   echo "# pap launch (dry run): job $JOB_ID, $NNODES node(s) x $GPUS_PER_NODE processes, experiment $EXP_DIR"
   echo "srun --nodes=$NNODES --ntasks-per-node=1 --kill-on-bad-exit=1 \\"
+  ((${#container[@]})) && printf ' %q' "${container[@]}" && echo " \\"
   printf ' %q' "${train[@]}"
   echo
+  for name in GLOO_SOCKET_IFNAME NCCL_SOCKET_IFNAME; do
+    [[ -n "${!name:-}" ]] && echo "# $name=${!name}"
+  done
   echo "# resolved config:"
   "$PAP_PYTHON" -m pap.train --config "$PAP_CONFIG" "${overrides[@]}" --print-config
   exit 0
@@ -89,12 +128,12 @@ record="$EXP_DIR/launches/$JOB_ID-$RESTART"
 mkdir -p "$record" "$EXP_DIR/logs"
 cp "$0" "$record/job-script.sh"  # under sbatch, $0 is Slurm's copy of what was submitted
 cp "$PAP_HOME/launch/common.sh" "$record/"
-"$PAP_PYTHON" -m pap.train --config "$PAP_CONFIG" "${overrides[@]}" --print-config > "$record/config.yaml"
-printf '%q ' "${train[@]}" > "$record/command.txt"
+on_node "$PAP_PYTHON" -m pap.train --config "$PAP_CONFIG" "${overrides[@]}" --print-config > "$record/config.yaml"
+printf '%q ' srun "${container[@]}" "${train[@]}" > "$record/command.txt"
 env | sort > "$record/env.txt"
-"$PAP_PYTHON" -m pip freeze > "$record/pip-freeze.txt" 2>&1 || true
+on_node "$PAP_PYTHON" -m pip freeze > "$record/pip-freeze.txt" 2>&1 || true
 git -C "$PAP_HOME" rev-parse HEAD > "$record/git-sha.txt" 2>&1 || echo "not a git checkout" > "$record/git-sha.txt"
-nvidia-smi > "$record/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi on $(hostname)" > "$record/nvidia-smi.txt"
+on_node nvidia-smi > "$record/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi on the nodes" > "$record/nvidia-smi.txt"
 
 rm -f "$EXIT_FILE"  # a request from before a requeue is done with
 requeue=0
@@ -107,7 +146,7 @@ on_warning() {
 trap on_warning USR1
 
 echo "pap launch: job $JOB_ID (restart $RESTART), $NNODES node(s) x $GPUS_PER_NODE, rendezvous $MASTER_ADDR:$MASTER_PORT"
-srun --nodes="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=1 "${train[@]}" \
+srun --nodes="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=1 "${container[@]}" "${train[@]}" \
   > >(tee -a "$EXP_DIR/logs/train-$JOB_ID-$RESTART.log") 2>&1 &
 srun_pid=$!
 # `wait` returns early when the trap runs; wait again until srun itself has ended.

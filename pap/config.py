@@ -60,7 +60,9 @@ class ModelConfig:
     """fp32, or bf16 weights with fp32 master weights in the optimizer (what GPU runs use;
     also runs on CPU, slowly)."""
     transformer_impl: str = "auto"
-    """local (torch modules), transformer_engine, or auto (TE when importable with CUDA)."""
+    """local (torch modules), te (= transformer_engine: Transformer Engine, required), or
+    auto (TE when it imports and there is a CUDA device). The choice and its reason are
+    logged at start."""
 
 
 @dataclass
@@ -193,6 +195,12 @@ class PruneConfig:
     """Never prune a layer's FFN below this width."""
     min_hidden: int = 1
     """Never prune the hidden size below this."""
+    final_multiple_of: int = 1
+    """When the target is reached, the same round also removes the least salient extra FFN
+    and hidden channels until those widths are multiples of this (e.g. 64: GEMMs at widths
+    like 8191 miss the fastest kernels for the whole continued stage). 1: off. Under TP a
+    rank's FFN width is ffn / tp, so 64 x tp keeps every rank's GEMMs aligned. The
+    removals are logged like any other."""
 
 
 @dataclass
@@ -320,7 +328,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
 
 _CHOICES = {
     "model.params_dtype": ("fp32", "bf16"),
-    "model.transformer_impl": ("auto", "local", "transformer_engine"),
+    "model.transformer_impl": ("auto", "local", "te", "transformer_engine"),
     "train.lr_decay_style": ("cosine", "linear", "constant"),
     "prune.metric": ("first", "mix", "obd"),
 }
@@ -389,6 +397,8 @@ def validate(cfg: PapConfig, source: str = "<config>") -> None:
             fail("prune.target_params", "must be positive (a count, or a fraction <= 1)")
         if pr.grad_steps < 1 or pr.prune_steps < 1:
             fail("prune", "grad_steps and prune_steps must be >= 1")
+        if pr.final_multiple_of < 1:
+            fail("prune.final_multiple_of", f"must be >= 1 (1: off), got {pr.final_multiple_of}")
         if pr.normalize not in (None, "params"):
             fail("prune.normalize", f"must be unset or 'params', got {pr.normalize!r}")
         if pr.min_kv_heads < p.tp or pr.min_ffn < p.tp:

@@ -6,6 +6,7 @@ This is one of the two places where megatron's own argument names appear (the ot
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -17,17 +18,50 @@ from pap.errors import PapError
 from pap.init import initialize_weights
 
 
+def _transformer_engine_import_error() -> Optional[str]:
+    """Why Transformer Engine cannot be used here (None: it imports)."""
+    try:
+        import transformer_engine.pytorch  # noqa: F401  (only whether it imports matters)
+    except Exception as exc:  # a broken install raises more than ImportError
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+    return None
+
+
 def _use_transformer_engine(impl: str) -> bool:
+    """`model.transformer_impl` resolved: `te`/`transformer_engine` require TE and a GPU,
+    `auto` takes TE where both are there, `local` never does."""
     if impl == "local":
         return False
-    try:
-        import transformer_engine  # noqa: F401  (only whether it imports matters)
-    except ImportError:
-        if impl == "transformer_engine":
-            raise PapError("model.transformer_impl=transformer_engine but transformer_engine is not "
-                           "importable; use model.transformer_impl=local") from None
-        return False
-    return torch.cuda.is_available()
+    problem = _transformer_engine_import_error()
+    if impl in ("te", "transformer_engine"):
+        if problem:
+            raise PapError(f"model.transformer_impl={impl}: Transformer Engine does not import ({problem}); "
+                           f"install it (the Dockerfile's image has it) or set model.transformer_impl=local")
+        if not torch.cuda.is_available():
+            raise PapError(f"model.transformer_impl={impl}: Transformer Engine needs a CUDA device and there is "
+                           f"none; set model.transformer_impl=local (or auto) on CPU")
+        return True
+    return problem is None and torch.cuda.is_available()
+
+
+def describe_implementation(impl: str) -> str:
+    """One line saying which layers and attention a run uses, and why (logged at start:
+    `auto` falling back to the local layers is slower and uses more memory, and must show)."""
+    if _use_transformer_engine(impl):
+        import transformer_engine
+
+        version = getattr(transformer_engine, "__version__", "?")
+        backends = [name for name, variable in (("flash", "NVTE_FLASH_ATTN"), ("fused", "NVTE_FUSED_ATTN"))
+                    if os.environ.get(variable, "1") != "0"]
+        return (f"Transformer Engine {version} layers; attention: TE DotProductAttention "
+                f"(backends allowed: {', '.join(backends) or 'unfused only'}; TE picks per shape)")
+    if impl == "local":
+        reason = "model.transformer_impl=local"
+    else:
+        problem = _transformer_engine_import_error()
+        reason = (f"auto: Transformer Engine does not import ({problem})" if problem
+                  else "auto: no CUDA device")
+    return f"local layers ({reason}); attention: megatron's unfused DotProductAttention"
 
 
 def needs_cluster_layers(arch: Arch) -> bool:

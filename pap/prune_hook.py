@@ -18,7 +18,7 @@ import torch
 
 from pap import fault_injection
 from pap.pruning.accumulator import SaliencyAccumulator
-from pap.pruning.select import Floors, GroupScores, Removal, choose, remove_from_arch
+from pap.pruning.select import Floors, GroupScores, Removal, aligning_kind, choose, remove_from_arch
 from pap.sharding.reduce_saliency import global_scores
 from pap.sharding.reshard import apply_removals
 
@@ -89,6 +89,8 @@ class PruningHook:
             arch = remove_from_arch(arch, removal)
             chosen.append((removal, arch))
             scores = scores_after(scores, removal)
+        if chosen and arch.num_params() <= self.target and self.cfg.final_multiple_of > 1:
+            chosen += self._aligning(scores, arch)
         if chosen:
             apply_removals(trainer, [removal for removal, _ in chosen])
         for removal, after in chosen:
@@ -109,6 +111,21 @@ class PruningHook:
         if trainer.topo.rank == 0:
             print(f"pruning round at iteration {trainer.iteration}: {len(chosen)} removal(s) in "
                   f"{self.round_seconds:.2f} s", flush=True)
+
+    def _aligning(self, scores: GroupScores, arch) -> list:
+        """The round that reaches the target also takes the least salient extra FFN and hidden
+        channels until those widths are multiples of `prune.final_multiple_of` (the fastest
+        GEMM shapes for the continued stage), or a floor stops it: [(removal, arch after)]."""
+        multiple, out = self.cfg.final_multiple_of, []
+        for kind in ("ffn", "stem"):
+            while aligning_kind(arch, multiple) == kind:
+                removal = choose(scores, arch, None, self.floors, kinds=(kind,))
+                if removal is None:  # at its floor: left unaligned
+                    break
+                arch = remove_from_arch(arch, removal)
+                out.append((removal, arch))
+                scores = scores_after(scores, removal)
+        return out
 
     def state_dict(self) -> dict:
         """The saliency window and the removals so far (this rank's share)."""

@@ -25,7 +25,7 @@ from pap.data import Batches, build_datasets
 from pap.distributed import Topology, init_distributed
 from pap.errors import PapError, describe_os_error
 from pap.exit_request import ExitRequest
-from pap.model import build_model
+from pap.model import build_model, describe_implementation
 from pap.progress import Progress, truncate_jsonl
 
 
@@ -100,6 +100,8 @@ class Trainer:
         self.valid_batches = (Batches(valid_ds, t.micro_batch_size, t.global_batch_size, self.topo.dp_rank,
                                       self.topo.dp) if valid_ds is not None and t.eval_iters else None)
 
+        if self.topo.rank == 0:
+            print(f"pap: {describe_implementation(cfg.model.transformer_impl)}", flush=True)
         # Weights are drawn only for a fresh start; a resume or init_from writes them next.
         self.rebuild(self.arch, draw=source is None)
         self.scheduler = OptimizerParamScheduler(

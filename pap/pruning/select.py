@@ -95,23 +95,23 @@ def _removable_heads(heads_per_group: List[int], min_kv_heads: int, device=None)
 
 
 def choose(scores: GroupScores, arch: Arch, normalize: Optional[str] = None,
-           floors: Floors = Floors()) -> Optional[Removal]:
-    """The group to remove next, or None when every dimension is at its floor."""
+           floors: Floors = Floors(), kinds: Sequence[str] = KINDS) -> Optional[Removal]:
+    """The group to remove next, among `kinds`, or None when each is at its floor."""
     layers = range(arch.num_layers)
     candidates = [float("inf")] * 3
     picks = [(), (), ()]
-    if all(arch.num_heads(l) > floors.heads for l in layers):
+    if "attn" in kinds and all(arch.num_heads(l) > floors.heads for l in layers):
         allowed = [_removable_heads(arch.heads_per_group[l], floors.kv_heads, scores.attn[l].device) for l in layers]
         if all(mask.any() for mask in allowed):
             masked = [scores.attn[l].masked_fill(~allowed[l], float("inf")) for l in layers]
             heads = tuple(int(torch.argmin(masked[l])) for l in layers)
             candidates[0] = float(sum(scores.attn[l][heads[l]] for l in layers))
             picks[0] = heads
-    if all(w > floors.ffn for w in arch.ffn):
+    if "ffn" in kinds and all(w > floors.ffn for w in arch.ffn):
         channels = tuple(int(torch.argmin(scores.ffn[l])) for l in layers)
         candidates[1] = float(sum(scores.ffn[l][channels[l]] for l in layers))
         picks[1] = channels
-    if arch.hidden_size > floors.hidden:
+    if "stem" in kinds and arch.hidden_size > floors.hidden:
         channel = int(torch.argmin(scores.stem))
         candidates[2] = float(scores.stem[channel])
         picks[2] = (channel,)
@@ -127,3 +127,14 @@ def choose(scores: GroupScores, arch: Arch, normalize: Optional[str] = None,
         raise ValueError(f"normalize must be None or 'params', got {normalize!r}")
     best = min(range(3), key=lambda k: (ranked[k], k))
     return Removal(KINDS[best], picks[best], candidates[best], tuple(candidates))
+
+
+def aligning_kind(arch: Arch, multiple: int) -> Optional[str]:
+    """The kind whose width is not yet a multiple of `multiple` (FFN first, then hidden), or None.
+
+    Attention widths are heads x head_dim, already multiples of head_dim."""
+    if any(width % multiple for width in arch.ffn):
+        return "ffn"
+    if arch.hidden_size % multiple:
+        return "stem"
+    return None

@@ -142,6 +142,8 @@ BAD_INPUTS = {
     "vocab too large": (["model.vocab_size=100"], "contains token id"),
     "zero blend weight": (["data.blend=[0,{data},1,{data}]"], "data.blend weight 0 for"),
     "unwritable checkpoint.dir": (["checkpoint.dir={data}.idx/run"], "Not a directory; check the path"),
+    "transformer engine required": (["model.transformer_impl=te"],
+                                    "model.transformer_impl=te: Transformer Engine does not import"),
 }
 
 

@@ -52,6 +52,19 @@ def test_environment_overrides_reach_the_config(tmp_path):
     assert config["train"]["iters"] == 10000 and config["log"]["interval"] == 1
 
 
+def test_container_and_socket_settings_reach_the_srun_line(tmp_path):
+    done = dry_run("pap_469m.sh", PAP_CONTAINER="/images/pap.sqsh", PAP_HOME=str(REPO),
+                   EXP_DIR=str(tmp_path / "exp"), PAP_CONTAINER_MOUNTS="/data:/data", PAP_SOCKET_IFNAME="ib0",
+                   NCCL_SOCKET_IFNAME="ib1")
+    assert done.returncode == 0, done.stderr
+    command = done.stdout.split("# resolved config:")[0].replace("\\,", ",")  # printf %q escapes commas
+    assert (f"--container-image=/images/pap.sqsh --container-mounts={REPO}:{REPO},{tmp_path / 'exp'}:"
+            f"{tmp_path / 'exp'},/data:/data --container-workdir={REPO}") in command
+    assert "# GLOO_SOCKET_IFNAME=ib0" in command and "# NCCL_SOCKET_IFNAME=ib1" in command  # set ones win
+    plain = dry_run("pap_469m.sh").stdout.split("# resolved config:")[0]
+    assert "--container" not in plain and "SOCKET_IFNAME" not in plain
+
+
 def test_bad_settings_fail_before_launch(tmp_path):
     done = dry_run("pap_469m.sh", DATA_BLEND=str(tmp_path / "missing.args"))
     assert done.returncode == 2 and "DATA_BLEND" in done.stderr and "no such file" in done.stderr

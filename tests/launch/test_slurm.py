@@ -7,9 +7,12 @@ OS packages when missing; the tests skip, saying why, only where that is impossi
 """
 
 import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import yaml
@@ -47,10 +50,11 @@ def job_config(tmp_path_factory, random_dataset):
     return path
 
 
-def submit(cluster, config: Path, exp_dir: Path, *sbatch_args: str, check: bool = True) -> str:
-    """sbatch the user's script with CPU overrides; returns the job id."""
+def submit(cluster, config: Path, exp_dir: Path, *sbatch_args: str, check: bool = True,
+           env: Optional[dict] = None) -> str:
+    """sbatch the user's script with CPU overrides (and `env`); returns the job id."""
     env = {"PAP_HOME": str(REPO), "PAP_CONFIG": str(config), "EXP_DIR": str(exp_dir), "GPUS_PER_NODE": "2",
-           "PAP_PYTHON": sys.executable, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+           "PAP_PYTHON": sys.executable, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", **(env or {})}
     done = cluster.run("sbatch", "--parsable", "--nodes=1", "--gpus-per-node=0", "--time=20",
                        f"--output={exp_dir.parent}/{exp_dir.name}-%j.out", *sbatch_args,
                        str(REPO / "launch" / "pap_469m.sh"), env=env, check=check)
@@ -133,3 +137,51 @@ def test_a_failed_job_ends_with_its_first_error_line(cluster, job_config, tmp_pa
     last = output.strip().splitlines()[-1]
     assert last.startswith("pap launch: training failed with status "), output[-3000:]
     assert f"first error: data.blend: dataset prefix '{tmp_path / 'missing_text_document'}' not found" in last
+
+
+STAND_IN_SRUN = """#!/bin/bash
+# Stands in for pyxis: records each srun's arguments and the socket variables it sees,
+# drops the container options (this Slurm has no pyxis) and runs the real srun.
+{{ printf '%s\\n' "$*"; echo "GLOO_SOCKET_IFNAME=$GLOO_SOCKET_IFNAME NCCL_SOCKET_IFNAME=$NCCL_SOCKET_IFNAME"; }} >> {log}
+args=()
+for arg in "$@"; do
+  case "$arg" in --container-*) ;; *) args+=("$arg") ;; esac
+done
+exec {srun} "${{args[@]}}"
+"""
+
+
+def test_pap_container_runs_every_step_through_srun_in_the_image(cluster, job_config, uninterrupted, tmp_path):
+    """With PAP_CONTAINER (and PAP_SOCKET_IFNAME) set, the config record, pip freeze,
+    nvidia-smi and training each go through `srun --container-image ... --container-mounts
+    ... --container-workdir`, with the socket variables exported; the run itself is the
+    uninterrupted run, loss for loss."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "srun-calls.txt"
+    real_srun = shutil.which("srun", path=cluster.env.get("PATH", os.environ["PATH"]))
+    (bin_dir / "srun").write_text(STAND_IN_SRUN.format(log=calls, srun=real_srun))
+    (bin_dir / "srun").chmod(0o755)
+    exp_dir = tmp_path / "contained"
+    path = f"{bin_dir}:{cluster.env.get('PATH', os.environ['PATH'])}"
+    job = submit(cluster, job_config, exp_dir, "--wait",
+                 env={"PATH": path, "PAP_CONTAINER": "/images/pap.sqsh", "PAP_SOCKET_IFNAME": "lo"})
+    output = (tmp_path / f"contained-{job}.out").read_text()
+    assert cluster.job_field(job, "JobState") in ("COMPLETED", ""), output[-3000:]
+    recorded = calls.read_text().splitlines()
+    commands, sockets = recorded[0::2], recorded[1::2]
+    assert len(commands) == 4, recorded  # config, pip freeze, nvidia-smi, training
+    expected = (f"--container-image=/images/pap.sqsh --container-mounts={REPO}:{REPO},{exp_dir}:{exp_dir} "
+                f"--container-workdir={REPO}")
+    for command in commands:
+        assert expected in command, command
+    assert "--print-config" in commands[0] and "pip freeze" in commands[1] and "nvidia-smi" in commands[2]
+    assert "--nodes=1 --ntasks-per-node=1 --kill-on-bad-exit=1" in commands[3] and "-m pap.train" in commands[3]
+    assert set(sockets) == {"GLOO_SOCKET_IFNAME=lo NCCL_SOCKET_IFNAME=lo"}
+    record = next((exp_dir / "launches").iterdir())
+    assert yaml.safe_load((record / "config.yaml").read_text())["checkpoint"]["dir"] == str(exp_dir)
+    assert "--container-image=/images/pap.sqsh" in (record / "command.txt").read_text()
+    reference, contained = step_losses(uninterrupted[1] / "metrics.jsonl"), step_losses(exp_dir / "metrics.jsonl")
+    assert sorted(contained) == sorted(reference)
+    for iteration, loss in reference.items():
+        assert contained[iteration] == pytest.approx(loss, abs=1e-5), iteration
