@@ -5,6 +5,10 @@ from setuptools import find_packages, setup
 # The one place the megatron-core version is stated: 0.16.1 is the newest release that
 # supports Python 3.11 (0.17+ need Python >= 3.12). megatron_patches are written against it.
 MEGATRON_CORE = "megatron-core==0.16.1"
+# Hugging Face libraries at the versions the tests ran with (conversion and export must give
+# the same logits; a new transformers can change a model class under us).
+TRANSFORMERS = "transformers==5.24.0"
+TOKENIZERS = "tokenizers==0.23.3"
 
 setup(
     name="pap",
@@ -21,7 +25,7 @@ setup(
         "psutil",  # megatron-core's torch_dist checkpoint save needs it but does not declare it
         "numpy",
         "pyyaml",
-        "tokenizers",
+        TOKENIZERS,
         "sentencepiece",
         "tensorboard",
         "safetensors",
@@ -30,7 +34,7 @@ setup(
         "matplotlib",  # pap.plot
     ],
     extras_require={
-        "hf": ["transformers"],
-        "dev": ["pytest", "pytest-timeout", "transformers"],
+        "hf": [TRANSFORMERS],
+        "dev": ["pytest", "pytest-timeout", TRANSFORMERS],
     },
 )

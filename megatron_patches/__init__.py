@@ -12,6 +12,7 @@ not patches): `use_cpu_initialization=True`, every fused kernel off, and
 from megatron_patches import (
     cuda_device,
     cuda_factories,
+    recompute_rng,
     rng_tracker,
     tensor_cuda,
     tensor_type_strings,
@@ -21,6 +22,7 @@ from megatron_patches._common import cuda_usable
 
 PATCHES = (
     rng_tracker,
+    recompute_rng,
     cuda_device,
     cuda_factories,
     tensor_type_strings,

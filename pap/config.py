@@ -63,6 +63,19 @@ class ModelConfig:
     """local (torch modules), te (= transformer_engine: Transformer Engine, required), or
     auto (TE when it imports and there is a CUDA device). The choice and its reason are
     logged at start."""
+    gradient_accumulation_fusion: bool = False
+    """Accumulate weight gradients into the fp32 main grads inside the GEMM (TE or apex
+    kernel; GPU only: requested on CPU it is turned off, and said so at start)."""
+    rope_fusion: bool = False
+    """Fused RoPE kernel (GPU only, as above)."""
+    swiglu_fusion: bool = False
+    """Fused SwiGLU activation kernel (GPU only, as above)."""
+    recompute: str = "none"
+    """Activation recomputation: none; selective (core attention only: cheap, saves the
+    largest activations when attention is not flash); full (whole layers, `recompute_num_layers`
+    at a time: least memory, ~30% more compute)."""
+    recompute_num_layers: int = 1
+    """With `recompute: full`: layers per recomputed chunk."""
 
 
 @dataclass
@@ -78,6 +91,17 @@ class ParallelConfig:
     distributed_optimizer: bool = False
     """Shard optimizer state over data-parallel ranks (megatron's DistributedOptimizer).
     Checkpoints hold full tensors either way, so either optimizer resumes from them."""
+    overlap_grad_reduce: bool = False
+    """Reduce each gradient bucket over DP as soon as backward has filled it, overlapping
+    communication with the rest of backward."""
+    overlap_param_gather: bool = False
+    """With the distributed optimizer (and `overlap_grad_reduce`): all-gather the updated
+    params bucket by bucket during the next forward instead of at the end of the step.
+    pap synchronises them before anything reads them outside a forward (a pruning round, a
+    checkpoint save)."""
+    bucket_size: Optional[int] = None
+    """Parameters per gradient bucket when overlapping; unset: megatron's default,
+    max(40M, 1M x DP)."""
 
 
 @dataclass
@@ -329,6 +353,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
 _CHOICES = {
     "model.params_dtype": ("fp32", "bf16"),
     "model.transformer_impl": ("auto", "local", "te", "transformer_engine"),
+    "model.recompute": ("none", "selective", "full"),
     "train.lr_decay_style": ("cosine", "linear", "constant"),
     "prune.metric": ("first", "mix", "obd"),
 }
@@ -376,6 +401,13 @@ def validate(cfg: PapConfig, source: str = "<config>") -> None:
         fail("parallel.pp", f"({p.pp}) does not divide model.num_layers ({m.num_layers})")
     if p.sequence_parallel and p.tp == 1:
         fail("parallel.sequence_parallel", "needs parallel.tp > 1")
+    if p.overlap_param_gather and not (p.distributed_optimizer and p.overlap_grad_reduce):
+        fail("parallel.overlap_param_gather", "needs parallel.distributed_optimizer and "
+             "parallel.overlap_grad_reduce (megatron gathers params only with the sharded optimizer)")
+    if p.bucket_size is not None and p.bucket_size < 1:
+        fail("parallel.bucket_size", f"must be a positive number of parameters or unset, got {p.bucket_size}")
+    if cfg.model.recompute_num_layers < 1:
+        fail("model.recompute_num_layers", f"must be >= 1, got {cfg.model.recompute_num_layers}")
     if t.global_batch_size % t.micro_batch_size:
         fail("train.global_batch_size", f"({t.global_batch_size}) must be a multiple of "
              f"train.micro_batch_size ({t.micro_batch_size})")

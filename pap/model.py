@@ -138,14 +138,35 @@ def transformer_config(arch: Arch, cfg: PapConfig, dtype: Optional[torch.dtype] 
         use_cpu_initialization=not on_gpu,
         perform_initialization=initialize,
         # Fused kernels are CUDA-only; p2p sync would call torch.cuda.synchronize.
-        bias_activation_fusion=on_gpu,
+        bias_activation_fusion=cfg.model.swiglu_fusion and on_gpu,
         masked_softmax_fusion=on_gpu,
         bias_dropout_fusion=on_gpu,
-        apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
+        apply_rope_fusion=cfg.model.rope_fusion and on_gpu,
+        gradient_accumulation_fusion=cfg.model.gradient_accumulation_fusion and on_gpu,
         persist_layer_norm=False,
         batch_p2p_sync=on_gpu,
+        **_recompute(cfg),
     )
+
+
+def _recompute(cfg: PapConfig) -> dict:
+    """megatron's activation-recomputation settings for `model.recompute`."""
+    if cfg.model.recompute == "selective":
+        return {"recompute_granularity": "selective"}  # megatron's default module: core attention
+    if cfg.model.recompute == "full":
+        return {"recompute_granularity": "full", "recompute_method": "uniform",
+                "recompute_num_layers": cfg.model.recompute_num_layers}
+    return {}
+
+
+GPU_ONLY_FUSIONS = ("gradient_accumulation_fusion", "rope_fusion", "swiglu_fusion")
+
+
+def fusions_off_without_gpu(cfg: PapConfig) -> list:
+    """The requested `model.*_fusion` settings that are off because there is no CUDA device."""
+    if torch.cuda.is_available():
+        return []
+    return [name for name in GPU_ONLY_FUSIONS if getattr(cfg.model, name)]
 
 
 def layer_spec(cfg: PapConfig):

@@ -25,7 +25,7 @@ from pap.data import Batches, build_datasets
 from pap.distributed import Topology, init_distributed
 from pap.errors import PapError, describe_os_error
 from pap.exit_request import ExitRequest
-from pap.model import build_model, describe_implementation
+from pap.model import build_model, describe_implementation, fusions_off_without_gpu
 from pap.progress import Progress, truncate_jsonl
 
 
@@ -102,6 +102,9 @@ class Trainer:
 
         if self.topo.rank == 0:
             print(f"pap: {describe_implementation(cfg.model.transformer_impl)}", flush=True)
+            off = fusions_off_without_gpu(cfg)
+            if off:
+                print(f"pap: no CUDA device: {', '.join('model.' + name for name in off)} off", flush=True)
         # Weights are drawn only for a fresh start; a resume or init_from writes them next.
         self.rebuild(self.arch, draw=source is None)
         self.scheduler = OptimizerParamScheduler(
@@ -177,7 +180,8 @@ class Trainer:
         self.model = DistributedDataParallel(
             config=self.config,
             ddp_config=DistributedDataParallelConfig(
-                grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+                grad_reduce_in_fp32=True, overlap_grad_reduce=cfg.parallel.overlap_grad_reduce,
+                overlap_param_gather=cfg.parallel.overlap_param_gather, bucket_size=cfg.parallel.bucket_size,
                 use_distributed_optimizer=cfg.parallel.distributed_optimizer),
             module=module,
         )
@@ -314,10 +318,18 @@ class Trainer:
         self.model.train()
         return sum(losses) / len(losses)
 
+    def sync_params(self) -> None:
+        """Make every rank's model params current. With `parallel.overlap_param_gather` the
+        updated params arrive bucket by bucket during the next forward; whatever reads them
+        outside a forward (a pruning round, a checkpoint save) calls this first."""
+        if self.cfg.parallel.overlap_param_gather:
+            self.model.start_param_sync(force_sync=True)
+
     def save(self) -> None:
         """Checkpoint this iteration (collective), with the pruning window when pruning."""
         from pap.sharding.portable_window import save_window
 
+        self.sync_params()
         pruning = self.pruning
         write_window = (lambda directory: save_window(pruning, self, directory)) if pruning else None
         checkpoint.save(self.cfg.checkpoint.dir, self.iteration, self.consumed_samples, self.arch,

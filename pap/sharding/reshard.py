@@ -39,6 +39,7 @@ def apply_removals(trainer, removals: Sequence[Removal]) -> Arch:
     from pap.sharding.local_round import LocalRound
 
     after = new_arch(trainer.arch, removals)
+    trainer.sync_params()
     fill = LocalRound(trainer.model.module, trainer.optimizer, trainer.arch, after, removals)
     trainer.rebuild(after, fill=fill)
     trainer.last_round = fill.stats

@@ -46,6 +46,12 @@ CALL_SITES = {
         "from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed\n"
         "model_parallel_cuda_manual_seed(1234)",
         "CUDA"),
+    "recompute_rng": (
+        # What CheckpointFunction does around a recomputed chunk.
+        "from megatron.core.tensor_parallel.random import _get_all_rng_states, _set_all_rng_states\n"
+        "states = _get_all_rng_states(); first = torch.rand(3)\n"
+        "_set_all_rng_states(*states); assert torch.equal(torch.rand(3), first)",
+        "CUDA"),
     "cuda_device": (
         "from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding\n"
         "assert RotaryEmbedding(kv_channels=16, rotary_percent=1.0)(8).shape[0] == 8",
