@@ -34,13 +34,25 @@ class ExitRequest:
     def _on_signal(self, signum, frame) -> None:
         self.signalled = True
 
-    def requested(self) -> bool:
-        """True on every rank when any rank was signalled or rank 0 sees the exit file."""
+    def local_vote(self) -> bool:
+        """This rank's view, without communication: signalled, or (rank 0) the exit file exists.
+        The trainer adds it to the step's loss all-reduce, so agreeing costs no collective of
+        its own; `agreed(total)` reads the verdict from that sum."""
         if not self.enabled:
             return False
-        local = self.signalled or (self.is_rank0 and self.exit_file is not None and os.path.exists(self.exit_file))
-        flag = torch.tensor([1 if local else 0], dtype=torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return self.signalled or (self.is_rank0 and self.exit_file is not None and os.path.exists(self.exit_file))
+
+    @staticmethod
+    def agreed(votes: float) -> bool:
+        """Every rank's verdict from the all-reduced sum of the local votes."""
+        return votes > 0
+
+    def requested(self) -> bool:
+        """True on every rank when any rank was signalled or rank 0 sees the exit file
+        (collective: for callers outside a training step)."""
+        flag = torch.tensor([1 if self.local_vote() else 0], dtype=torch.int32)
+        if self.enabled:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
     def acknowledge(self) -> None:

@@ -33,9 +33,11 @@ def _quiet_libraries() -> None:
 def preflight(cfg) -> None:
     """Checks that need no process group: every rank reaches the same verdict."""
     from pap.data import check_dataset
+    from pap.model import describe_implementation
     from pap.trainer import ensure_world_fits
 
     ensure_world_fits(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    describe_implementation(cfg.model.transformer_impl)  # `te` without Transformer Engine stops here
     prefixes, _ = parse_blend(cfg.data.blend)
     for prefix in prefixes:
         check_dataset(prefix, cfg.model.vocab_size)

@@ -76,6 +76,8 @@ class Trainer:
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
         t = cfg.train
+        # Before anything is written: `transformer_impl: te` without Transformer Engine stops here.
+        implementation = describe_implementation(cfg.model.transformer_impl)
         self.resume = _verified_resume_point(cfg, self.topo.rank == 0)
         if self.resume is not None:
             check_resume_matches_config(self.resume, cfg)
@@ -101,7 +103,7 @@ class Trainer:
                                       self.topo.dp) if valid_ds is not None and t.eval_iters else None)
 
         if self.topo.rank == 0:
-            print(f"pap: {describe_implementation(cfg.model.transformer_impl)}", flush=True)
+            print(f"pap: {implementation}", flush=True)
             off = fusions_off_without_gpu(cfg)
             if off:
                 print(f"pap: no CUDA device: {', '.join('model.' + name for name in off)} off", flush=True)
@@ -140,6 +142,7 @@ class Trainer:
             if self.iteration:
                 self._restore_pruning_window()
         self.exit_request = ExitRequest(t.exit_file, t.exit_signal, self.topo.rank == 0)
+        self.exit_voted = False
 
     def _restore_pruning_window(self) -> None:
         """The saliency window of the checkpoint: this rank's own state when the layout maps
@@ -270,15 +273,22 @@ class Trainer:
         return self._global_mean_loss(losses)
 
     def _global_mean_loss(self, losses) -> float:
-        """Mean of the last stage's micro-batch losses over data-parallel ranks, on every rank."""
+        """Mean of the last stage's micro-batch losses over data-parallel ranks, on every rank.
+
+        The step's one world-wide collective: it also carries each rank's exit-request vote
+        (`self.exit_voted` is the agreed verdict), and the micro-batch losses reach the host
+        in one copy, not one synchronisation each."""
         from megatron.core import parallel_state as ps
 
         holder = self.topo.is_last_stage and ps.get_tensor_model_parallel_rank() == 0
-        total = torch.zeros(2, dtype=torch.float64)
+        total = torch.zeros(3, dtype=torch.float64)
         if holder and losses:
-            total[0] = sum(float(x["lm loss"]) for x in losses) / len(losses)
+            total[0] = float(torch.stack([x["lm loss"].detach().float() for x in losses]).mean())
             total[1] = 1.0
+        exit_request = getattr(self, "exit_request", None)
+        total[2] = 1.0 if exit_request is not None and exit_request.local_vote() else 0.0
         dist.all_reduce(total)
+        self.exit_voted = ExitRequest.agreed(float(total[2]))
         return float(total[0] / total[1])
 
     def train_step(self) -> StepResult:
@@ -392,7 +402,7 @@ class Trainer:
                     self.save()
                     last_saved = self.iteration
                     progress.print(f"saved checkpoint {checkpoint.iteration_dir(cfg.checkpoint.dir, self.iteration)}")
-                if self.exit_request.requested():
+                if self.exit_voted:  # agreed in this step's loss all-reduce
                     if cfg.checkpoint.dir and last_saved != self.iteration:
                         self.save()
                     self.exit_request.acknowledge()
