@@ -160,6 +160,13 @@ class DataConfig:
     """Tokens per sample."""
     cache_dir: Optional[str] = None
     """Where dataset index caches go; default `<checkpoint.dir>/data_cache` or none."""
+    num_workers: int = 0
+    """DataLoader worker processes that read the next steps' samples in the background
+    (0: read in the training process when needed). The order is the same either way."""
+    prefetch_factor: int = 2
+    """With workers: steps each worker reads ahead."""
+    pin_memory: bool = True
+    """With workers on a GPU: pin the batches for asynchronous host-to-device copies."""
 
 
 @dataclass
@@ -406,6 +413,9 @@ def validate(cfg: PapConfig, source: str = "<config>") -> None:
              "parallel.overlap_grad_reduce (megatron gathers params only with the sharded optimizer)")
     if p.bucket_size is not None and p.bucket_size < 1:
         fail("parallel.bucket_size", f"must be a positive number of parameters or unset, got {p.bucket_size}")
+    if cfg.data.num_workers < 0 or cfg.data.prefetch_factor < 1:
+        fail("data.num_workers", f"must be >= 0 (got {cfg.data.num_workers}), with data.prefetch_factor >= 1 "
+             f"(got {cfg.data.prefetch_factor})")
     if cfg.model.recompute_num_layers < 1:
         fail("model.recompute_num_layers", f"must be >= 1, got {cfg.model.recompute_num_layers}")
     if t.global_batch_size % t.micro_batch_size:

@@ -176,3 +176,71 @@ class Batches:
             samples = [self.dataset[(first + i) % len(self.dataset)] for i in range(self.micro_batch_size)]
             out.append({k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in self.FIELDS})
         return out
+
+
+class _Steps(torch.utils.data.Dataset):
+    """Item i: the micro batches of training step i (what `Batches.microbatches` gives)."""
+
+    def __init__(self, batches: Batches):
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return 1 << 62  # indexed by step; the sampler decides which
+
+    def __getitem__(self, step: int) -> List[Dict[str, torch.Tensor]]:
+        return self.batches.microbatches(step * self.batches.global_batch_size)
+
+
+class BatchStream:
+    """Training batches step after step, prepared ahead by DataLoader worker processes.
+
+    With `workers == 0` each step's batch is read when asked for, in the training process.
+    With workers, a `torch.utils.data.DataLoader` reads the next `workers x prefetch`
+    steps' samples in the background (and pins them for the copy to the GPU), in the same
+    order: step i is always `Batches.microbatches(i * global_batch)`, so losses and resumes
+    do not depend on the setting. Asking for another step than the next one (a resume, a
+    test) restarts the workers there.
+    """
+
+    def __init__(self, batches: Batches, workers: int = 0, prefetch: int = 2, pin_memory: bool = False):
+        self.batches = batches
+        self.workers, self.prefetch = workers, prefetch
+        self.pin_memory = pin_memory and torch.cuda.is_available()
+        self._iterator = None
+        self._next_step: Optional[int] = None
+
+    def microbatches(self, consumed_samples: int) -> List[Dict[str, torch.Tensor]]:
+        """The micro batches of the step that starts after `consumed_samples` samples."""
+        global_batch = self.batches.global_batch_size
+        if self.workers == 0 or consumed_samples % global_batch:
+            return self.batches.microbatches(consumed_samples)
+        step = consumed_samples // global_batch
+        if step != self._next_step:
+            self._start(step)
+        self._next_step = step + 1
+        return next(self._iterator)
+
+    def _start(self, step: int) -> None:
+        self.close()
+        loader = torch.utils.data.DataLoader(
+            _Steps(self.batches), batch_size=None, sampler=_From(step), num_workers=self.workers,
+            prefetch_factor=self.prefetch, pin_memory=self.pin_memory)
+        self._iterator = iter(loader)
+
+    def close(self) -> None:
+        """Stop the worker processes (they also stop when the stream is garbage collected)."""
+        self._iterator = None
+        self._next_step = None
+
+
+class _From(torch.utils.data.Sampler):
+    """Step indices from `first` on, without end."""
+
+    def __init__(self, first: int):
+        self.first = first
+
+    def __iter__(self):
+        step = self.first
+        while True:
+            yield step
+            step += 1

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from pap import checkpoint
 from pap.arch import Arch
 from pap.config import PapConfig
-from pap.data import Batches, build_datasets
+from pap.data import Batches, BatchStream, build_datasets
 from pap.distributed import Topology, init_distributed
 from pap.errors import PapError, describe_os_error
 from pap.exit_request import ExitRequest
@@ -99,6 +99,8 @@ class Trainer:
         train_ds, valid_ds = build_datasets(cfg, t.iters * t.global_batch_size, valid_samples, cache_dir)
         self.train_batches = Batches(train_ds, t.micro_batch_size, t.global_batch_size,
                                      self.topo.dp_rank, self.topo.dp)
+        self.train_stream = BatchStream(self.train_batches, cfg.data.num_workers, cfg.data.prefetch_factor,
+                                        cfg.data.pin_memory)
         self.valid_batches = (Batches(valid_ds, t.micro_batch_size, t.global_batch_size, self.topo.dp_rank,
                                       self.topo.dp) if valid_ds is not None and t.eval_iters else None)
 
@@ -237,8 +239,11 @@ class Trainer:
             torch.cuda.empty_cache()
 
     def close(self) -> None:
-        """Free the model, DDP wrapper and optimizer, and give up the run directory's lock."""
+        """Free the model, DDP wrapper and optimizer, stop data workers, and give up the run
+        directory's lock."""
         self.release()
+        if getattr(self, "train_stream", None) is not None:
+            self.train_stream.close()
         if self.lock is not None:
             self.lock.release()
             self.lock = None
@@ -297,7 +302,7 @@ class Trainer:
         self.model.train()
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
-        loss = self.forward_backward(self.train_batches.microbatches(self.consumed_samples))
+        loss = self.forward_backward(self.train_stream.microbatches(self.consumed_samples))
         for hook in self.after_backward_hooks:
             hook(self)
         update_ok, grad_norm, _ = self.optimizer.step()

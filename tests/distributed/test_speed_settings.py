@@ -1,7 +1,7 @@
 """Megatron's speed settings reach the objects megatron builds, and change nothing but speed:
 overlapped gradient reduction and parameter gathering (DP=2, distributed optimizer, small
-buckets) and activation recomputation give the losses, removals and weights of the plain
-run, across pruning rounds."""
+buckets), data loader workers and activation recomputation give the losses, removals and
+weights of the plain run, across pruning rounds."""
 
 import pytest
 import torch
@@ -15,9 +15,10 @@ PRUNE = {"enabled": True, "target_params": 0.5, "grad_steps": 2, "prune_steps": 
 FAST = {"overlap_grad_reduce": True, "overlap_param_gather": True, "bucket_size": 4000}
 
 
-def _run(prefix, world, parallel, model=None, prune=PRUNE):
+def _run(prefix, world, parallel, model=None, prune=PRUNE, data=None):
     cfg = tiny_config(prefix, parallel={"tp": 1, "pp": 1, "distributed_optimizer": True, **parallel},
                       model=model or {}, train={"iters": 10, "warmup_iters": 1}, prune=prune)
+    cfg["data"].update(data or {})
     return run_distributed(built_settings_and_losses, world, cfg, STEPS)[0]
 
 
@@ -37,6 +38,11 @@ def test_overlapped_reduce_and_gather_match_the_plain_run_across_rounds(random_d
     assert built["bucket_size"] == 4000 and built["buckets"] > 1
     assert not plain["built"]["overlap_grad_reduce"] and plain["built"]["buckets"] == 1
     _same_run(fast, plain)
+
+
+def test_data_loader_workers_keep_the_losses(random_dataset):
+    plain = _run(random_dataset, 2, {})
+    _same_run(_run(random_dataset, 2, {}, data={"num_workers": 2, "prefetch_factor": 2}), plain)
 
 
 @pytest.mark.parametrize("recompute", [{"recompute": "selective"},
