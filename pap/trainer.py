@@ -168,8 +168,10 @@ class Trainer:
         callers that write the training state next (a pruning round, a resume). The LR
         scheduler is kept. The previous model, DDP buffers and optimizer are freed first.
         `fill` (a pruning round, `pap.sharding.local_round.LocalRound`) writes the weights
-        into the new model stage before DDP copies them into its buffers, and the optimizer
-        state once the optimizer exists, so old and new copies of each coexist only briefly.
+        into the new model stage before DDP copies them into its buffers, parks the fp32
+        masters in DDP's new gradient buffer before the optimizer allocates its own, and
+        writes the optimizer state once the optimizer exists, so old and new copies of each
+        coexist only briefly.
         """
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.distributed import finalize_model_grads
@@ -190,6 +192,8 @@ class Trainer:
                 use_distributed_optimizer=cfg.parallel.distributed_optimizer),
             module=module,
         )
+        if fill is not None:
+            fill.stash_masters(module)
         self.optimizer = get_megatron_optimizer(
             OptimizerConfig(
                 optimizer="adam", lr=t.lr, min_lr=t.min_lr, weight_decay=t.weight_decay,

@@ -118,6 +118,7 @@ class LocalRound:
         self.tp = ps.get_tensor_model_parallel_world_size()
         self.tp_rank = ps.get_tensor_model_parallel_rank()
         self.stats = RoundStats()
+        self.stashed = set()  # parameters whose new masters wait in the DDP gradient buffer
         state = TrainingState(module, optimizer)
         self.distributed = state.distributed
         self.step = state.step()
@@ -162,6 +163,30 @@ class LocalRound:
             old.param = None  # the old weight's memory can go once nothing else holds it
         self.stats.bytes_sent += exchange.run()
 
+    # ---- stage 1b: masters, parked in the new gradient buffer --------------------------------------
+    @torch.no_grad()
+    def stash_masters(self, module) -> None:
+        """Plain optimizer with separate fp32 masters (bf16 runs): cut the old masters straight
+        into the new DDP gradient buffer (fp32, the new shapes, unused until the next step
+        zeroes it) and let them go, so that megatron's new optimizer does not allocate its
+        masters while the old ones are still alive (the round's memory peak).
+        `optimizer_state` takes them from there. Collective over TP; DDP must exist."""
+        from megatron.core import parallel_state as ps
+
+        if self.distributed:
+            return  # the distributed optimizer's state is sharded: its peak is small already
+        exchange = _Exchange(ps.get_tensor_model_parallel_group(), self.tp, self.tp_rank)
+        for record in TrainingState(module).records:
+            old = self.old[record.name]
+            master = old.fields.pop("master", None)
+            if master is None:
+                continue
+            target = record.param.main_grad.view(-1)
+            self._move(self.maps[record.name], [(master, target)], (0, master.numel()), (0, target.numel()),
+                       exchange)
+            self.stashed.add(record.name)
+        self.stats.bytes_sent += exchange.run()
+
     # ---- stage 2: optimizer state -----------------------------------------------------------------
     @torch.no_grad()
     def optimizer_state(self, module, optimizer) -> None:
@@ -183,7 +208,10 @@ class LocalRound:
             if record.master is None and self.distributed:
                 span = (0, 0)
             targets = {}
-            if not record.shares_storage and record.master is not None:
+            if record.name in self.stashed:
+                record.master.copy_(record.param.main_grad.view(record.master.shape))
+                self.stats.bytes_copied += record.master.numel() * 4
+            elif not record.shares_storage and record.master is not None:
                 targets["master"] = record.master.detach().view(-1)
             if any_moments and record.master is not None:
                 adam = record.adam()
