@@ -246,7 +246,7 @@ def _local_values(state, record, field: str) -> torch.Tensor:
     the plain optimizer, the owned range with the distributed optimizer."""
     if field == "param":
         return record.param.detach().reshape(-1)
-    piece = state._owned_piece(record, field)
+    piece = state.owned_piece(record, field)
     if piece is not None:
         return piece.reshape(-1).float()
     size = record.param.numel() if record.span is None else record.span[1] - record.span[0]

@@ -15,12 +15,10 @@ import signal
 import threading
 from typing import Optional
 
-import torch
-import torch.distributed as dist
 
 
 class ExitRequest:
-    """Watches for the exit signal and the exit file; `requested()` is collective."""
+    """Watches for the exit signal and the exit file; the trainer agrees on the votes in its step all-reduce."""
 
     def __init__(self, exit_file: Optional[str], signal_name: Optional[str], is_rank0: bool):
         self.exit_file = exit_file
@@ -46,14 +44,6 @@ class ExitRequest:
     def agreed(votes: float) -> bool:
         """Every rank's verdict from the all-reduced sum of the local votes."""
         return votes > 0
-
-    def requested(self) -> bool:
-        """True on every rank when any rank was signalled or rank 0 sees the exit file
-        (collective: for callers outside a training step)."""
-        flag = torch.tensor([1 if self.local_vote() else 0], dtype=torch.int32)
-        if self.enabled:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
 
     def acknowledge(self) -> None:
         """Remove the exit file (rank 0) so that the next start of the job trains on."""

@@ -36,6 +36,7 @@ import torch.distributed as dist
 
 from pap.arch import Arch
 from pap.pruning.select import Removal
+from pap.sharding.boxes import strided
 from pap.sharding.full_state import collective_device, full_shape
 from pap.sharding.shard_map import Placements, ShardMap
 from pap.sharding.training_state import MOMENTS, TrainingState
@@ -345,13 +346,13 @@ class _Plan:
             runs = _runs(rect.offsets, rect.columns)
             if len(runs) <= _MAX_COLUMN_RUNS:
                 for column, offset, length in runs:
-                    _strided(target, row_flat + column - target_start, count, length, width).copy_(
-                        _strided(source, peer_flat + offset - source_start, count, length, rect.peer_width))
+                    strided(target, row_flat + column - target_start, count, length, width).copy_(
+                        strided(source, peer_flat + offset - source_start, count, length, rect.peer_width))
             else:
                 first, last = int(rect.columns[0]), int(rect.columns[-1])
                 low, high = int(rect.offsets[0]), int(rect.offsets[-1])
-                into = _strided(target, row_flat + first - target_start, count, last - first + 1, width)
-                out = _strided(source, peer_flat + low - source_start, count, high - low + 1, rect.peer_width)
+                into = strided(target, row_flat + first - target_start, count, last - first + 1, width)
+                out = strided(source, peer_flat + low - source_start, count, high - low + 1, rect.peer_width)
                 into[:, rect.columns - first] = out[:, rect.offsets - low].to(target.dtype)
             copied += count * len(rect.columns) * target.element_size()
         here, there = self.local_elements
@@ -359,11 +360,6 @@ class _Plan:
             target[here - target_start] = source[there - source_start].to(target.dtype)
             copied += here.numel() * target.element_size()
         return copied
-
-
-def _strided(flat: torch.Tensor, start: int, rows: int, columns: int, stride: int) -> torch.Tensor:
-    """The (rows, columns) block of a flat tensor whose rows start `stride` apart from `start`."""
-    return flat.as_strided((rows, columns), (stride, 1), flat.storage_offset() + start)
 
 
 def _plan(rects, span: Tuple[int, int], width: int, owner, me: int, with_local: bool) -> _Plan:

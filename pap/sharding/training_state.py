@@ -137,7 +137,7 @@ class TrainingState:
         return record.name == TIED_OUTPUT and self.module.share_embeddings_and_output_weights
 
     # ---- local (this TP shard) ------------------------------------------------------------
-    def _owned_piece(self, record: ParamRecord, field: str) -> Optional[torch.Tensor]:
+    def owned_piece(self, record: ParamRecord, field: str) -> Optional[torch.Tensor]:
         """The fp32 values of `field` that this rank holds for `record` (flat over its span, or shaped)."""
         if record.master is None:
             return None
@@ -161,7 +161,7 @@ class TrainingState:
             return out
         if record.span is None:  # the whole shard is here
             for field in wanted:
-                piece = self._owned_piece(record, field)
+                piece = self.owned_piece(record, field)
                 out[field] = (piece.float() if piece is not None
                               else param.detach().float() if field == "master"
                               else torch.zeros(param.shape, dtype=torch.float32, device=param.device))
@@ -171,7 +171,7 @@ class TrainingState:
         flat = torch.zeros(len(wanted), param.numel(), dtype=torch.float32, device=param.device)
         start, end = record.span
         for row, field in enumerate(wanted):
-            piece = self._owned_piece(record, field)
+            piece = self.owned_piece(record, field)
             if piece is not None and end > start:
                 flat[row, start:end] = piece.reshape(-1).float()
         dist.all_reduce(flat, group=ps.get_data_parallel_group())
