@@ -232,6 +232,35 @@ class PruneConfig:
     like 8191 miss the fastest kernels for the whole continued stage). 1: off. Under TP a
     rank's FFN width is ffn / tp, so 64 x tp keeps every rank's GEMMs aligned. The
     removals are logged like any other."""
+    update: str = "none"
+    """What happens to the surviving weights at a removal: none (EfficientLLM-A: the removed
+    weights just go) or obs (EfficientLLM-B: a second-order update of the layer whose input
+    columns go, from the layer-input Hessian of the window's sampled tokens; docs/PRUNING.md)."""
+    hessian_tokens: int = 1024
+    """update=obs: tokens per optimizer step sampled into the layer-input Hessians, spread
+    evenly over the global batch's sequences (at least one position per sequence)."""
+    hessian_damp: float = 0.01
+    """update=obs: dampening λ; the update solves with H + λ·mean(diag H)·I."""
+
+
+@dataclass
+class EvalConfig:
+    """Benchmarks during training: lm-evaluation-harness on the current weights (rank 0)."""
+
+    harness_tasks: list = field(default_factory=list)
+    """lm-eval tasks to run every `harness_interval` steps (empty: off), e.g. [arc_easy, piqa];
+    `task:metric` picks the metric logged. Each run saves a checkpoint (unless one was just
+    saved), exports it and logs `eval/<task>` to TensorBoard and the metrics file."""
+    harness_interval: int = 0
+    """Steps between harness runs; must be positive when `harness_tasks` is set."""
+    harness_tokenizer: Optional[str] = None
+    """Tokenizer directory or file the exports get (required with `harness_tasks`)."""
+    harness_include_path: Optional[str] = None
+    """Folder of local lm-eval task YAMLs."""
+    harness_limit: Optional[int] = None
+    """First N examples of each task (unset: all)."""
+    harness_batch_size: int = 8
+    """lm-eval batch size."""
 
 
 @dataclass
@@ -245,6 +274,7 @@ class PapConfig:
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
         """Plain nested dict, the inverse of `config_from_dict`."""
@@ -363,6 +393,7 @@ _CHOICES = {
     "model.recompute": ("none", "selective", "full"),
     "train.lr_decay_style": ("cosine", "linear", "constant"),
     "prune.metric": ("first", "mix", "obd"),
+    "prune.update": ("none", "obs"),
 }
 
 
@@ -441,12 +472,28 @@ def validate(cfg: PapConfig, source: str = "<config>") -> None:
             fail("prune", "grad_steps and prune_steps must be >= 1")
         if pr.final_multiple_of < 1:
             fail("prune.final_multiple_of", f"must be >= 1 (1: off), got {pr.final_multiple_of}")
+        if pr.update == "obs" and (pr.hessian_tokens < 1 or pr.hessian_damp < 0):
+            fail("prune.hessian_tokens", f"must be >= 1 and prune.hessian_damp >= 0 with prune.update=obs, got "
+                 f"{pr.hessian_tokens} and {pr.hessian_damp}")
+        if pr.update == "obs" and p.sequence_parallel:
+            fail("prune.update", "obs does not support parallel.sequence_parallel yet (the Hessians sample "
+                 "whole sequences); set parallel.sequence_parallel=false")
         if pr.normalize not in (None, "params"):
             fail("prune.normalize", f"must be unset or 'params', got {pr.normalize!r}")
         if pr.min_kv_heads < p.tp or pr.min_ffn < p.tp:
             fail("prune.min_kv_heads", f"and prune.min_ffn must be at least parallel.tp ({p.tp}) so every "
                  f"tensor-parallel rank keeps a KV head and an FFN channel; e.g. prune.min_kv_heads={p.tp} "
                  f"prune.min_ffn={p.tp}")
+    ev = cfg.eval
+    if ev.harness_tasks:
+        if ev.harness_interval < 1:
+            fail("eval.harness_interval", f"must be a positive number of steps with eval.harness_tasks, "
+                 f"got {ev.harness_interval}")
+        if not ev.harness_tokenizer or not cfg.checkpoint.dir:
+            fail("eval.harness_tasks", "needs eval.harness_tokenizer (the exports' tokenizer) and checkpoint.dir "
+                 "(the harness evaluates an export of a saved checkpoint)")
+        if ev.harness_batch_size < 1 or (ev.harness_limit is not None and ev.harness_limit < 1):
+            fail("eval.harness_batch_size", "and eval.harness_limit must be positive")
     if not cfg.data.blend:
         fail("data.blend", "is empty: give at least one dataset prefix (path/name_text_document)")
     _parse_split(cfg.data.split, source)

@@ -36,11 +36,12 @@ def scores_after(scores: GroupScores, removal: Removal) -> GroupScores:
     return replace(scores, stem=_drop(scores.stem, removal.indices[0]))
 
 
-def removal_event(iteration: int, tokens: int, removal: Removal, arch) -> dict:
-    """One line of `pruning_events.jsonl`: the removal and the shape right after it (`arch`)."""
+def removal_event(iteration: int, tokens: int, removal: Removal, arch, **extra) -> dict:
+    """One line of `pruning_events.jsonl`: the removal and the shape right after it (`arch`);
+    `extra` adds fields (the OBS update's reconstruction errors)."""
     return {"iteration": iteration, "tokens": tokens, **removal.to_dict(), "params": arch.num_params(),
             "heads": arch.num_heads(0), "kv_heads": [arch.num_kv_heads(l) for l in range(arch.num_layers)],
-            "ffn": arch.ffn[0], "hidden": arch.hidden_size}
+            "ffn": arch.ffn[0], "hidden": arch.hidden_size, **extra}
 
 
 class PruningHook:
@@ -63,6 +64,17 @@ class PruningHook:
         self.round_seconds = 0.0
         """Wall time of the last pruning round (reduction, choice, removal and rebuild)."""
         self._round_ran = False
+        self.hessians = None
+        """`prune.update: obs`: the window's layer-input Hessians (`pap.sharding.hessians`)."""
+        self.obs = None
+        """The last round's `ObsStats` (errors and time of the updates)."""
+        if cfg.update == "obs":
+            from pap.sharding.hessians import HessianWindow
+
+            self.hessians = HessianWindow(cfg.hessian_tokens, trainer.cfg.train.global_batch_size,
+                                          trainer.cfg.data.seq_length, trainer.topo.tp, trainer.topo.dp)
+            if self.active(trainer):
+                self.hessians.attach(trainer.model.module, trainer.arch)
         trainer.after_backward_hooks.append(self.after_backward)
         trainer.after_step_hooks.append(self.after_step)
 
@@ -74,6 +86,8 @@ class PruningHook:
             from pap.sharding.distopt import owned_ranges
 
             self.accumulator.update(trainer.model.module, trainer.arch.head_dim, owned_ranges(trainer.optimizer))
+            if self.hessians is not None:
+                self.hessians.end_step()
 
     def after_step(self, trainer, step) -> None:
         if not self.active(trainer) or self.accumulator.steps < self.cfg.grad_steps:
@@ -91,14 +105,28 @@ class PruningHook:
             scores = scores_after(scores, removal)
         if chosen and arch.num_params() <= self.target and self.cfg.final_multiple_of > 1:
             chosen += self._aligning(scores, arch)
+        errors = [{}] * len(chosen)
+        if chosen and self.hessians is not None:
+            from pap.sharding.obs_round import apply_obs
+
+            self.obs = apply_obs(trainer, self.hessians, chosen, self.cfg.hessian_damp)
+            errors = [{"obs_error": e, "obs_error_plain": p}
+                      for e, p in zip(self.obs.errors, self.obs.plain_errors)]
         if chosen:
             apply_removals(trainer, [removal for removal, _ in chosen])
-        for removal, after in chosen:
+        for (removal, after), extra in zip(chosen, errors):
             self.removals.append(removal)
             self._new_removals.append(removal)
-            self._record(trainer, removal, after)
+            self._record(trainer, removal, after, extra)
         self.accumulator.reset()
         self.reached_now = not self.active(trainer)
+        if self.hessians is not None:
+            self.hessians.reset()
+        if self.hessians is not None and chosen:
+            if self.reached_now:
+                self.hessians.detach()
+            else:
+                self.hessians.attach(trainer.model.module, trainer.arch)
         if not chosen:  # every dimension at its floor above the target
             if not self.stuck_at_floors and trainer.topo.rank == 0:
                 print(f"pap: prune.target_params ({self.target:,}) cannot be reached: every dimension is at its "
@@ -129,8 +157,11 @@ class PruningHook:
 
     def state_dict(self) -> dict:
         """The saliency window and the removals so far (this rank's share)."""
-        return {"accumulator": self.accumulator.state_dict(), "target": self.target,
-                "removals": [r.to_dict() for r in self.removals]}
+        state = {"accumulator": self.accumulator.state_dict(), "target": self.target,
+                 "removals": [r.to_dict() for r in self.removals]}
+        if self.hessians is not None:
+            state["hessians"] = self.hessians.state_dict()
+        return state
 
     def truncate_events(self, iteration: int) -> None:
         """Drop logged removals after `iteration` (a resumed run makes them again)."""
@@ -142,6 +173,8 @@ class PruningHook:
         """Restore this rank's own saved state (same layout as the save)."""
         self.accumulator.load_state_dict(state["accumulator"])
         self.restore_removals(state["target"], state["removals"])
+        if self.hessians is not None and "hessians" in state:
+            self.hessians.load_state_dict(state["hessians"])
 
     def restore_removals(self, target: int, removals: List[dict]) -> None:
         """The target and the removals so far, as saved (`Removal.to_dict` form)."""
@@ -163,6 +196,10 @@ class PruningHook:
             values[f"pruning/removed_{kind}"] = sum(r.kind == kind for r in self.removals)
         if self._round_ran:
             values["pruning/round_s"] = self.round_seconds
+            if self.obs is not None:
+                values["pruning/obs_s"] = self.obs.seconds
+                values["pruning/obs_error"] = sum(self.obs.errors) / max(len(self.obs.errors), 1)
+                values["pruning/obs_error_plain"] = sum(self.obs.plain_errors) / max(len(self.obs.plain_errors), 1)
             self._round_ran = False
         if self._new_removals:
             for kind, value in zip(("attn", "ffn", "stem"), self._new_removals[0].candidates):
@@ -176,9 +213,10 @@ class PruningHook:
         return (f"params {arch.num_params() / 1e6:.2f}M heads {arch.num_heads(0)} "
                 f"kv {arch.num_kv_heads(0)} ffn {arch.ffn[0]} hidden {arch.hidden_size}")
 
-    def _record(self, trainer, removal: Removal, arch) -> None:
+    def _record(self, trainer, removal: Removal, arch, extra: Optional[dict] = None) -> None:
         """Log one removal; `arch` is the shape right after it."""
-        event = removal_event(trainer.iteration, trainer.iteration * trainer.tokens_per_iter, removal, arch)
+        event = removal_event(trainer.iteration, trainer.iteration * trainer.tokens_per_iter, removal, arch,
+                              **(extra or {}))
         if trainer.topo.rank == 0:
             reached = " (target reached)" if arch.num_params() <= self.target else ""
             print(f"pruned {removal.kind} {list(removal.indices)} at iteration {trainer.iteration}: "

@@ -63,6 +63,25 @@ def full_shape(param) -> torch.Size:
     return torch.Size(shape)
 
 
+def shard_indices(param):
+    """(dim, full-tensor indices along `dim` that this TP rank's shard of `param` holds, in
+    the shard's order), or None when the parameter is not split over TP ranks."""
+    from megatron.core import parallel_state as ps
+
+    placed = getattr(param, "pap_shard", None)
+    if placed is not None:
+        dim, indices, _ = placed
+        return dim, indices
+    info = _tp_info(param)
+    if info is None:
+        return None
+    dim, stride, size = info
+    full = torch.arange(param.shape[dim] * size)
+    piece = full.numel() // (size * stride)
+    pieces = torch.split(full, piece)
+    return dim, torch.cat(pieces[ps.get_tensor_model_parallel_rank()::size])
+
+
 def tp_gather(tensor: torch.Tensor, param, copy: bool = True) -> torch.Tensor:
     """The TP=1 tensor assembled from every TP rank's `tensor` (a shard of `param`).
 

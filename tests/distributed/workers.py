@@ -107,3 +107,77 @@ def removal_matches_unpruned(cfg_dict: dict, kind: str, indices: tuple):
     if dist.get_rank() != 0:
         return None
     return {"zeroed_loss": zeroed_loss, "pruned_loss": pruned_loss, "a": weights_a, "b": weights_b}
+
+
+def obs_rounds_against_least_squares(cfg_dict: dict, steps: int):
+    """Train with `prune.update: obs` at one rank, capturing every block's whole input of each
+    step with the test's own hooks; after each round, compare each updated weight with the
+    least-squares optimum computed here in plain torch. Returns [(kind, block, rel. error)]."""
+    import torch
+
+    from pap.config import config_from_dict
+    from pap.sharding.full_state import gather_full_state
+    from pap.sharding.hessians import module_of, stage_blocks
+    from pap.sharding.obs_round import affected_columns, param_name
+    from pap.trainer import Trainer
+
+    trainer = Trainer(config_from_dict(cfg_dict))
+    captured, before = {}, {}
+
+    def hook(key):
+        def record(module, args, output):
+            if module.training and torch._C._current_graph_task_id() == -1:
+                x = args[0].detach().double()
+                captured.setdefault(key, []).append(x.reshape(-1, x.shape[-1]))
+        return record
+
+    def snapshot(tr, result):  # runs before the pruning hook: the weights the round starts from
+        before["params"] = {k: v.double() for k, v in gather_full_state(tr.model.module, "param").items()}
+        before["arch"] = tr.arch
+
+    trainer.after_step_hooks.insert(0, snapshot)
+    results = []
+    for _ in range(steps):
+        blocks = stage_blocks(trainer.model.module, trainer.arch)
+        handles = [module_of(trainer.model.module, key).register_forward_hook(hook(key)) for key in blocks]
+        captured.clear()
+        done = len(trainer.pruning.removals)
+        trainer.train_step()
+        for handle in handles:
+            handle.remove()
+        new = trainer.pruning.removals[done:]
+        if not new:
+            continue
+        assert len(new) == 1, "one removal per round in this test"
+        after = gather_full_state(trainer.model.module, "param")
+        for key, columns in affected_columns(new[0], before["arch"], blocks):
+            name = param_name(key)
+            weight = before["params"][name]
+            inputs = torch.cat(captured[key]).T  # [n, tokens]
+            kept = [c for c in range(weight.shape[1]) if c not in columns]
+            want = torch.linalg.lstsq(inputs[kept].T, (weight @ inputs).T).solution.T
+            got = after[name].double()
+            results.append((new[0].kind, key, ((got - want).norm() / want.norm()).item()))
+    return results
+
+
+def obs_pruning_run(cfg_dict: dict, steps: int):
+    """`pruning_run`, plus the OBS errors of every round ((with update, without) per removal)."""
+    import torch.distributed as dist
+
+    from pap.config import config_from_dict
+    from pap.sharding.full_state import gather_full_state
+    from pap.trainer import Trainer
+
+    trainer = Trainer(config_from_dict(cfg_dict))
+    losses, errors = [], []
+    for _ in range(steps):
+        done = len(trainer.pruning.removals)
+        losses.append(trainer.train_step().loss)
+        if len(trainer.pruning.removals) > done and trainer.pruning.obs is not None:
+            errors += list(zip(trainer.pruning.obs.errors, trainer.pruning.obs.plain_errors))
+    params = _everything_on_rank0(gather_full_state(trainer.model.module, "param"))
+    if dist.get_rank() != 0:
+        return None
+    return {"removals": [(r.kind, r.indices) for r in trainer.pruning.removals], "arch": trainer.arch.to_json(),
+            "params": params, "losses": losses, "errors": errors}

@@ -1,0 +1,306 @@
+"""Layer-input Hessians H = X Xᵀ over the pruning window, sharded across ranks (EfficientLLM-B).
+
+Which layers: those whose input columns a removal can take (METHOD.md §6):
+
+=========  =========================  ==========================================  ==========
+block      input X                    under TP                                    width n
+=========  =========================  ==========================================  ==========
+``proj``   attention context          split by heads (each rank: its heads' cols)  heads·hd
+``fc2``    SwiGLU activation          split by FFN channel                        ffn
+``qkv``    input RMSNorm output       replicated on every TP rank                 hidden
+``fc1``    pre-MLP RMSNorm output     replicated on every TP rank                 hidden
+``output`` final RMSNorm output       replicated (last stage; untied only)        hidden
+=========  =========================  ==========================================  ==========
+
+**Where each H lives.** Memory decides: at SmolLM-1.7B one ``fc2`` H is 8192² fp32
+(268 MB) and the 24 of them 6.4 GB, so no rank may hold them all. Every block of a
+pipeline stage is owned *whole* by exactly one rank of that stage's TP×DP ranks, dealt
+round-robin with the big ``fc2`` blocks first; a stage of G = TP·DP ranks and L layers
+holds ⌈L/G⌉ ``fc2`` blocks per rank at most. A whole H on one rank keeps the round's
+solve a plain dense Cholesky (no distributed factorisation) and the per-step traffic
+small: what moves each step is the sampled input rows, not H.
+
+**Each step.** A forward hook on each block's layer samples a fixed set of token
+positions from every sequence (`prune.hessian_tokens` per step over the global batch,
+spread evenly and shifted by one position per window step: the same tokens whatever the
+layout). After the step every rank sends its samples to the blocks' owners in one
+`all_to_all` over the stage's TP×DP ranks: for ``proj``/``fc2`` every TP rank sends its
+own columns, for the replicated inputs TP rank 0 alone. The owner places the columns at
+their full-tensor positions (`pap.sharding.layout` decides which rank holds which) and
+adds X_dᵀ X_d for each data-parallel source d. The hooks skip evaluation forwards and the
+recomputation inside backward (activation checkpointing), which would count tokens twice.
+
+The window also keeps ‖Y‖² of each block's output on the same tokens (this rank's share,
+added over ranks at the round) for the reconstruction error the round reports.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+from pap.arch import Arch
+from pap.sharding.layout import LayerPlacement, needs_placement
+
+Key = Tuple[str, int]
+"""(block kind, global layer index; -1 for the output layer)."""
+SPLIT_INPUT = ("proj", "fc2")
+OUTPUT_LAYER = -1
+
+
+def block_width(arch: Arch, key: Key) -> int:
+    """Input width n of a block's layer (full, TP=1)."""
+    kind, layer = key
+    if kind == "proj":
+        return arch.num_heads(layer) * arch.head_dim
+    if kind == "fc2":
+        return arch.ffn[layer]
+    return arch.hidden_size
+
+
+def input_columns(arch: Arch, key: Key, tp: int, tp_rank: int) -> torch.Tensor:
+    """Full-tensor input columns that TP rank `tp_rank` holds of block `key` (all for replicated inputs)."""
+    kind, layer = key
+    width = block_width(arch, key)
+    if kind not in SPLIT_INPUT or tp == 1:
+        return torch.arange(width)
+    if needs_placement(arch, tp):
+        placement = LayerPlacement(arch, layer, tp, tp_rank)
+        return placement.proj_columns if kind == "proj" else placement.fc2_columns
+    share = width // tp
+    return torch.arange(tp_rank * share, (tp_rank + 1) * share)
+
+
+def module_of(model, key: Key):
+    """The linear layer of a block in this stage's `model` (a megatron GPTModel)."""
+    kind, layer = key
+    if kind == "output":
+        return model.output_layer
+    for candidate in model.decoder.layers:
+        if candidate.layer_number - 1 == layer:
+            attention, mlp = candidate.self_attention, candidate.mlp
+            return {"proj": attention.linear_proj, "qkv": attention.linear_qkv,
+                    "fc2": mlp.linear_fc2, "fc1": mlp.linear_fc1}[kind]
+    raise KeyError(f"layer {layer} is not on this pipeline stage")
+
+
+def stage_blocks(model, arch: Arch) -> List[Key]:
+    """This stage's blocks in ownership order (``fc2`` first: they are the largest)."""
+    layers = [layer.layer_number - 1 for layer in model.decoder.layers]
+    keys = [(kind, layer) for kind in ("fc2", "proj", "qkv", "fc1") for layer in layers]
+    if getattr(model, "post_process", False) and not arch.tie_embeddings:
+        # A tied output layer is the embedding: an update fitted to the logits would also
+        # move every layer's input, so it is left alone (docs/PRUNING.md).
+        keys.append(("output", OUTPUT_LAYER))
+    return keys
+
+
+def _gemm_input(module, x: torch.Tensor) -> torch.Tensor:
+    """The input of the module's GEMM: Transformer Engine fuses the RMSNorm in front of
+    `linear_qkv` / `linear_fc1`, so there the hook sees the un-normalised hidden state."""
+    weight = getattr(module, "layer_norm_weight", None)
+    if weight is None:
+        return x
+    eps = getattr(module, "eps", 1e-5)
+    x = x.float()
+    return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps) * weight.float()
+
+
+@dataclass
+class StageGroup:
+    """The TP×DP ranks of this pipeline stage, in the order of their process group."""
+
+    group: object
+    ranks: List[int]
+    tp_ranks: List[int]
+    dp_ranks: List[int]
+    me: int
+
+    @classmethod
+    def current(cls) -> "StageGroup":
+        from megatron.core import parallel_state as ps
+
+        group = ps.get_tensor_and_data_parallel_group()
+        ranks = dist.get_process_group_ranks(group)
+        mine = torch.tensor([ps.get_tensor_model_parallel_rank(), ps.get_data_parallel_rank()])
+        from pap.sharding.full_state import collective_device
+
+        device = collective_device()
+        everyone = [torch.empty(2, dtype=torch.long, device=device) for _ in ranks]
+        dist.all_gather(everyone, mine.to(device), group=group)
+        return cls(group, ranks, [int(t[0]) for t in everyone], [int(t[1]) for t in everyone],
+                   ranks.index(dist.get_rank()))
+
+    @property
+    def size(self) -> int:
+        return len(self.ranks)
+
+
+class HessianWindow:
+    """Sampled layer inputs of the window, accumulated into H on the blocks' owners."""
+
+    def __init__(self, tokens_per_step: int, global_batch: int, seq_length: int, tp: int, dp: int):
+        self.per_sequence = min(seq_length, max(1, math.ceil(tokens_per_step / global_batch)))
+        self.sequences_per_rank = global_batch // dp
+        self.tp = tp
+        self.steps = 0
+        self.hessians: Dict[Key, torch.Tensor] = {}
+        """H of the blocks this rank owns (float64, full width: attention contexts of heads that
+        share a KV group are nearly collinear, and their H reaches condition numbers of 1e7,
+        past what fp32 sums can resolve)."""
+        self.output_square: Dict[Key, torch.Tensor] = {}
+        """This rank's share of ‖Y‖² per block (float64 scalars)."""
+        self.blocks: List[Key] = []
+        self.owners: Dict[Key, int] = {}
+        """Block -> index in `stage.ranks` of its owner."""
+        self.stage: Optional[StageGroup] = None
+        self.arch: Optional[Arch] = None
+        self._pending: Dict[Key, List[torch.Tensor]] = {}
+        self._handles = []
+        self._model = None
+
+    # ---- hooks -----------------------------------------------------------------------------
+    def attach(self, model, arch: Arch) -> None:
+        """Hook this stage's `model` (again after every rebuild) for `arch`'s blocks."""
+        if model is self._model and arch is self.arch:
+            return
+        for handle in self._handles:
+            handle.remove()
+        self._handles, self._model, self.arch = [], model, arch
+        if self.stage is None:
+            self.stage = StageGroup.current()
+        self.blocks = stage_blocks(model, arch)
+        self.owners = {key: i % self.stage.size for i, key in enumerate(self.blocks)}
+        for key in self.blocks:
+            self._handles.append(module_of(model, key).register_forward_hook(self._hook(key)))
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles, self._model = [], None
+
+    def _positions(self, length: int) -> torch.Tensor:
+        count = self.per_sequence
+        return (torch.arange(count) * length // count + self.steps) % length
+
+    def _hook(self, key: Key):
+        kind = key[0]
+        from megatron.core import parallel_state as ps
+
+        def record(module, args, output):
+            # Evaluation forwards and recomputation inside backward do not count.
+            if not module.training or torch._C._current_graph_task_id() != -1:
+                return
+            x = args[0].detach()
+            where = self._positions(x.shape[0]).to(x.device)
+            sample = _gemm_input(module, x.index_select(0, where)).float()
+            self._pending.setdefault(key, []).append(sample.reshape(-1, sample.shape[-1]))
+            y = (output[0] if isinstance(output, tuple) else output).detach().index_select(0, where).float()
+            # proj/fc2 outputs are complete (reduced over TP) on every TP rank: count them once.
+            if kind not in SPLIT_INPUT or ps.get_tensor_model_parallel_rank() == 0:
+                total = self.output_square.get(key, torch.zeros((), dtype=torch.float64))
+                self.output_square[key] = total + y.double().square().sum().cpu()
+
+        return record
+
+    # ---- after each optimizer step ---------------------------------------------------------
+    @torch.no_grad()
+    def end_step(self) -> None:
+        """Send this step's samples to the owners and add them into H (collective over the stage)."""
+        from pap.sharding.full_state import collective_device
+
+        stage, arch, device = self.stage, self.arch, collective_device()
+        rows = self.per_sequence_rows()
+        outgoing: List[List[torch.Tensor]] = [[] for _ in range(stage.size)]
+        for key in self.blocks:
+            pieces = self._pending.pop(key, [])
+            if self._sends(key, stage.tp_ranks[stage.me]):
+                sample = torch.cat(pieces) if pieces else torch.empty(0)
+                expected = rows * len(input_columns(arch, key, self.tp, stage.tp_ranks[stage.me]))
+                if sample.numel() != expected:
+                    raise RuntimeError(f"pap: Hessian block {key} sampled {sample.numel()} values this step, "
+                                       f"expected {expected} (the step ran an unexpected number of forwards)")
+                outgoing[self.owners[key]].append(sample.reshape(-1))
+        counts_out = [sum(p.numel() for p in parts) for parts in outgoing]
+        counts_in = [0] * stage.size
+        mine = [key for key in self.blocks if self.owners[key] == stage.me]
+        for source in range(stage.size):
+            for key in mine:
+                if self._sends(key, stage.tp_ranks[source]):
+                    counts_in[source] += rows * len(input_columns(arch, key, self.tp, stage.tp_ranks[source]))
+        flat = [p for parts in outgoing for p in parts]
+        send = torch.cat(flat).to(device) if flat else torch.empty(0, device=device)
+        received = torch.empty(sum(counts_in), dtype=torch.float32, device=device)
+        if stage.size == 1:
+            received = send
+        else:
+            dist.all_to_all_single(received, send, counts_in, counts_out, group=stage.group)
+        # Unpack: per source rank, its pieces of my blocks in block order.
+        inputs: Dict[Key, Dict[int, torch.Tensor]] = {key: {} for key in mine}
+        offset = 0
+        for source in range(stage.size):
+            dp_rank, tp_rank = stage.dp_ranks[source], stage.tp_ranks[source]
+            for key in mine:
+                if not self._sends(key, tp_rank):
+                    continue
+                columns = input_columns(arch, key, self.tp, tp_rank)
+                count = rows * len(columns)
+                piece = received[offset:offset + count].view(rows, len(columns))
+                offset += count
+                full = inputs[key].get(dp_rank)
+                if full is None:
+                    full = inputs[key][dp_rank] = torch.zeros(rows, block_width(arch, key), device=device)
+                full[:, columns.to(device)] = piece
+        for key in mine:
+            width = block_width(arch, key)
+            h = self.hessians.get(key)
+            if h is None:
+                h = self.hessians[key] = torch.zeros(width, width, dtype=torch.float64, device=device)
+            for dp_rank in sorted(inputs[key]):
+                x = inputs[key][dp_rank].double()
+                h.addmm_(x.T, x)
+        self.steps += 1
+
+    def per_sequence_rows(self) -> int:
+        """Rows each rank samples per block per step: positions × its sequences of the step."""
+        return self.per_sequence * self.sequences_per_rank
+
+    def _sends(self, key: Key, tp_rank: int) -> bool:
+        return key[0] in SPLIT_INPUT or tp_rank == 0
+
+    def reset(self) -> None:
+        """Start a new window (after a round: the shapes changed)."""
+        self.steps = 0
+        self.hessians, self.output_square, self._pending = {}, {}, {}
+
+    # ---- at the round ----------------------------------------------------------------------
+    def output_squares(self) -> Dict[Key, float]:
+        """‖Y‖² of every block of the stage, summed over its ranks (collective over the stage)."""
+        from pap.sharding.full_state import collective_device
+
+        values = torch.tensor([float(self.output_square.get(key, 0.0)) for key in self.blocks],
+                              dtype=torch.float64, device=collective_device())
+        if self.stage.size > 1:
+            dist.all_reduce(values, group=self.stage.group)
+        return dict(zip(self.blocks, values.tolist()))
+
+    def owned_bytes(self) -> int:
+        return sum(h.numel() * h.element_size() for h in self.hessians.values())
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """This rank's share: its owned H, its ‖Y‖² shares and the window's step count."""
+        return {"steps": self.steps, "hessians": {k: v.cpu() for k, v in self.hessians.items()},
+                "output_square": dict(self.output_square)}
+
+    def load_state_dict(self, state: dict) -> None:
+        from pap.sharding.full_state import collective_device
+
+        device = collective_device()
+        self.steps = state["steps"]
+        self.hessians = {tuple(k): v.to(device) for k, v in state["hessians"].items()}
+        self.output_square = {tuple(k): v for k, v in state["output_square"].items()}

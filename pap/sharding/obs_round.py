@@ -1,0 +1,261 @@
+"""The OBS update of a round's removals on the live, sharded training state (EfficientLLM-B).
+
+Runs before the round's removals are cut (`pap.sharding.reshard.apply_removals`): for each
+removal in order, every layer whose input columns it takes moves its surviving weights to
+the least-squares optimum (`pap.pruning.obs`), which leaves the removed columns exactly
+zero; the cut then drops them as in variant A. Coordinates stay those of the model before
+the round: each block keeps the list of its columns still present, so a later removal of
+the same round solves with H restricted to them (the sequential optimum, which equals
+the one-shot optimum for all removed columns).
+
+Per removal, on each pipeline stage (collective over the stage's TP×DP ranks):
+
+1. the owner of each affected block (`pap.sharding.hessians`) factorises its H restricted
+   to the surviving columns and solves for V = H⁻¹[:, P]; one SUM all-reduce of
+   zero-filled buffers gives every rank every block's V ([n, |P|] each);
+2. W[:, P], the removed columns of the fp32 masters, are assembled the same way from
+   the ranks that own them (one all-reduce, [out, |P|] per block);
+3. every rank computes U = −W[:, P]·(H⁻¹[P, P])⁻¹ (identically everywhere) and adds its own
+   block of U Vᵀ to the fp32 masters it holds: the whole TP shard with the plain optimizer,
+   its flat range with the distributed one. The model params follow as the masters' cast;
+   with the distributed optimizer megatron's own copy and param all-gather publish them.
+
+What travels is O((out + n)·|P|) per block per removal, never a weight matrix or an H.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+
+from pap.arch import Arch
+from pap.pruning.obs import left_factor, relative_error, solve_columns
+from pap.pruning.select import Removal
+from pap.sharding.full_state import collective_device, full_shape, shard_indices
+from pap.sharding.hessians import OUTPUT_LAYER, HessianWindow, Key, block_width
+from pap.sharding.training_state import ParamRecord, TrainingState
+
+
+@dataclass
+class ObsStats:
+    """What the round's updates did (the same on every rank)."""
+
+    errors: List[float] = field(default_factory=list)
+    """Per removal: mean over its layers of ‖ΔY‖/‖Y‖ with the update, on the window's tokens."""
+    plain_errors: List[float] = field(default_factory=list)
+    """Per removal: the same without the update (the columns just dropped, variant A)."""
+    seconds: float = 0.0
+
+
+def param_name(key: Key) -> str:
+    kind, layer = key
+    if layer == OUTPUT_LAYER:
+        return "output_layer.weight"
+    leaf = {"proj": "self_attention.linear_proj", "qkv": "self_attention.linear_qkv",
+            "fc2": "mlp.linear_fc2", "fc1": "mlp.linear_fc1"}[kind]
+    return f"decoder.layers.{layer}.{leaf}.weight"
+
+
+def affected_columns(removal: Removal, arch: Arch, blocks: Sequence[Key]) -> List[Tuple[Key, List[int]]]:
+    """The blocks of this stage whose input columns `removal` takes, with those columns in
+    `arch`'s coordinates (the shape right before the removal)."""
+    out = []
+    for key in blocks:
+        kind, layer = key
+        if removal.kind == "attn" and kind == "proj":
+            head = removal.indices[layer]
+            out.append((key, list(range(head * arch.head_dim, (head + 1) * arch.head_dim))))
+        elif removal.kind == "ffn" and kind == "fc2":
+            out.append((key, [removal.indices[layer]]))
+        elif removal.kind == "stem" and kind in ("qkv", "fc1", "output"):
+            out.append((key, [removal.indices[0]]))
+    return out
+
+
+def _sum(tensor: torch.Tensor, group, size: int) -> torch.Tensor:
+    tensor = tensor.to(collective_device())
+    if size > 1:
+        dist.all_reduce(tensor, group=group)
+    return tensor.cpu()
+
+
+class ObsRound:
+    """Apply the OBS updates of one round's removals to this stage's training state."""
+
+    def __init__(self, trainer, window: HessianWindow, damp: float):
+        from megatron.core import parallel_state as ps
+
+        self.trainer, self.window, self.damp = trainer, window, damp
+        self.stage = window.stage
+        self.state = TrainingState(trainer.model.module, trainer.optimizer)
+        self.records: Dict[str, ParamRecord] = {r.name: r for r in self.state.records}
+        self.kept: Dict[Key, torch.Tensor] = {key: torch.arange(block_width(trainer.arch, key))
+                                              for key in window.blocks}
+        self.squares = window.output_squares()
+        # Replicas hold identical masters: with the plain optimizer only DP rank 0 contributes.
+        self.contributes = self.state.distributed or ps.get_data_parallel_rank() == 0
+        self.tp_rank = ps.get_tensor_model_parallel_rank()
+        self.reporter = ps.get_data_parallel_rank() == 0 and ps.get_tensor_model_parallel_rank() == 0
+
+    @torch.no_grad()
+    def run(self, chosen: Sequence[Tuple[Removal, Arch]]) -> ObsStats:
+        """Update for every removal of `chosen` ((removal, arch after it), in order)."""
+        start = time.time()
+        arch = self.trainer.arch
+        totals = torch.zeros(len(chosen), 3, dtype=torch.float64)
+        for index, (removal, after) in enumerate(chosen):
+            jobs = [(key, self.kept[key][columns]) for key, columns in
+                    affected_columns(removal, arch, self.window.blocks)]
+            if jobs:
+                totals[index] = self._update(jobs)
+            for key, removed in jobs:
+                self.kept[key] = self.kept[key][~torch.isin(self.kept[key], removed)]
+            arch = after
+        self._publish()
+        totals = totals if self.reporter else torch.zeros_like(totals)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            totals = totals.to(collective_device())
+            dist.all_reduce(totals)  # add the stages' layers
+            totals = totals.cpu()
+        count = totals[:, 2].clamp(min=1)
+        return ObsStats((totals[:, 0] / count).tolist(), (totals[:, 1] / count).tolist(), time.time() - start)
+
+    def _update(self, jobs: List[Tuple[Key, torch.Tensor]]) -> torch.Tensor:
+        """One removal's updates on this stage; returns (Σ error, Σ plain error, layers)."""
+        stage, window = self.stage, self.window
+        # 1. V = H⁻¹[:, P] (full column coordinates, zero at columns already gone) and Grams.
+        sizes = []
+        for key, removed in jobs:
+            n, q = block_width(self.trainer.arch, key), len(removed)
+            sizes.append(n * q + 2 * q * q)
+        packed = torch.zeros(sum(sizes), dtype=torch.float64)
+        offset = 0
+        for (key, removed), size in zip(jobs, sizes):
+            if window.owners[key] == stage.me:
+                packed[offset:offset + size] = self._solve(key, removed)
+            offset += size
+        packed = _sum(packed, stage.group, stage.size)
+        # 2. W[:, P] from the masters' owners.
+        outs = [full_shape(self.records[param_name(key)].param)[0] for key, _ in jobs]
+        removed_weights = torch.zeros(sum(o * len(r) for o, (_, r) in zip(outs, jobs)), dtype=torch.float64)
+        offset = 0
+        for (key, removed), out in zip(jobs, outs):
+            if self.contributes:
+                removed_weights[offset:offset + out * len(removed)] = \
+                    self._removed_columns(self.records[param_name(key)], removed, out).reshape(-1)
+            offset += out * len(removed)
+        removed_weights = _sum(removed_weights, stage.group, stage.size)
+        # 3. U, the local update, the errors.
+        result = torch.zeros(3, dtype=torch.float64)
+        v_offset = w_offset = 0
+        for (key, removed), size, out in zip(jobs, sizes, outs):
+            n, q = block_width(self.trainer.arch, key), len(removed)
+            block = packed[v_offset:v_offset + size]
+            columns = block[:n * q].view(n, q)
+            error_gram = block[n * q:n * q + q * q].view(q, q)
+            removed_gram = block[n * q + q * q:].view(q, q)
+            weights = removed_weights[w_offset:w_offset + out * q].view(out, q)
+            v_offset, w_offset = v_offset + size, w_offset + out * q
+            left = left_factor(weights, columns, removed)
+            self._add(self.records[param_name(key)], left, columns)
+            square = self.squares.get(key, 0.0)
+            result[0] += relative_error(left, error_gram, square)
+            result[1] += relative_error(weights, removed_gram, square)
+            result[2] += 1
+        return result
+
+    def _solve(self, key: Key, removed: torch.Tensor) -> torch.Tensor:
+        """[V | Vᵀ H V | H[P, P]] flattened, V scattered to full column coordinates."""
+        kept = self.kept[key]
+        hessian = self.window.hessians.get(key)
+        n = block_width(self.trainer.arch, key)
+        if hessian is None:  # no step in the window (cannot happen: a round follows >= 1 step)
+            hessian = torch.zeros(n, n)
+        hessian = hessian.double().cpu()[kept][:, kept]
+        positions = torch.searchsorted(kept, removed)
+        solution = solve_columns(hessian, positions.tolist(), self.damp)
+        columns = torch.zeros(n, len(removed), dtype=torch.float64)
+        columns[kept] = solution.inverse_columns
+        return torch.cat([columns.reshape(-1), solution.error_gram.reshape(-1), solution.removed_gram.reshape(-1)])
+
+    def _removed_columns(self, record: ParamRecord, removed: torch.Tensor, out: int) -> torch.Tensor:
+        """This rank's owned values of W[:, removed] in full rows, zero elsewhere ([out, |P|])."""
+        buffer = torch.zeros(out, len(removed), dtype=torch.float64)
+        if record.master is None:
+            return buffer
+        if shard_indices(record.param) is None and self.tp_rank != 0:
+            return buffer  # not split over TP: every TP rank holds the same values
+        rows, local_columns, present = self._local_index(record, removed)
+        if not present.any():
+            return buffer
+        slots = torch.nonzero(present).view(1, -1)  # which of the |P| columns are on this rank
+        local_columns = local_columns[present]
+        if record.span is None:
+            values = record.master.detach().view(record.param.shape)[:, local_columns]
+            buffer[rows[:, None], slots] = values.double().cpu()
+            return buffer
+        start, end = record.span
+        flat = torch.arange(len(rows))[:, None] * record.param.shape[1] + local_columns[None, :]
+        inside = (flat >= start) & (flat < end)
+        values = torch.zeros(flat.shape, dtype=torch.float64)
+        values[inside] = record.master.detach().reshape(-1).cpu()[flat[inside] - start].double()
+        buffer[rows[:, None], slots] = values
+        return buffer
+
+    def _local_index(self, record: ParamRecord, removed: torch.Tensor):
+        """(full row of each local row, local column of each removed column, which are here)."""
+        shard = shard_indices(record.param)
+        rows = torch.arange(record.param.shape[0])
+        if shard is not None and shard[0] == 0:
+            rows = shard[1]
+        if shard is not None and shard[0] == 1:
+            where = {int(c): i for i, c in enumerate(shard[1])}
+            present = torch.tensor([int(c) in where for c in removed])
+            local = torch.tensor([where.get(int(c), 0) for c in removed])
+            return rows, local, present
+        return rows, removed.clone(), torch.ones(len(removed), dtype=torch.bool)
+
+    def _add(self, record: ParamRecord, left: torch.Tensor, columns: torch.Tensor) -> None:
+        """Add this rank's block of U Vᵀ to the fp32 master it holds (and the param, its cast)."""
+        if record.master is None:
+            return
+        shard = shard_indices(record.param)
+        rows_u, rows_v = left, columns
+        if shard is not None:
+            if shard[0] == 0:
+                rows_u = left[shard[1]]
+            else:
+                rows_v = columns[shard[1]]
+        param, master = record.param, record.master
+        if record.span is None:
+            delta = (rows_u @ rows_v.T).to(torch.float32).to(master.device)
+            master.view(param.shape).add_(delta)
+            if not record.shares_storage:
+                param.data.copy_(master.view(param.shape).to(param.dtype))
+            return
+        start, end = record.span
+        if end <= start:
+            return
+        width = param.shape[1]
+        first, last = start // width, (end - 1) // width + 1
+        delta = (rows_u[first:last] @ rows_v.T).reshape(-1)[start - first * width:end - first * width]
+        master.view(-1).add_(delta.to(torch.float32).to(master.device))
+
+    def _publish(self) -> None:
+        """Distributed optimizer: masters -> model params on the owning rank, then megatron's
+        param all-gather over DP (the plain optimizer wrote the params already)."""
+        if not self.state.distributed:
+            return
+        for optimizer in getattr(self.trainer.optimizer, "chained_optimizers", [self.trainer.optimizer]):
+            optimizer._copy_main_params_to_model_params()
+        self.trainer.model.start_param_sync(force_sync=True)
+
+
+def apply_obs(trainer, window: HessianWindow, chosen: Sequence[Tuple[Removal, Arch]], damp: float) -> ObsStats:
+    """OBS-update `trainer`'s weights for the round's removals (collective over every rank)."""
+    trainer.sync_params()
+    return ObsRound(trainer, window, damp).run(chosen)

@@ -1,0 +1,93 @@
+"""EfficientLLM-B (`prune.update: obs`) on the live trainer: the update is the least-squares
+optimum, and the removals, weights and losses do not depend on the parallel layout.
+
+Tolerances are those of test_pruning_invariance.py (its docstring explains the bf16 ones).
+"""
+
+import json
+
+import pytest
+
+from tests.distributed.test_pruning_invariance import _config
+from tests.distributed.workers import obs_pruning_run, obs_rounds_against_least_squares, pruning_run
+from tests.helpers import run_distributed
+
+pytestmark = pytest.mark.slow
+STEPS = 6
+
+
+def _obs(prefix, parallel, dtype="fp32", **prune):
+    return _config(prefix, parallel, dtype, update="obs", **prune)
+
+
+def test_live_rounds_reach_the_least_squares_optimum(random_dataset):
+    """Every token of the one-step window sampled, no dampening: after each round the updated
+    `linear_fc2` (ffn), `linear_proj` (attn), `linear_qkv`, `linear_fc1` and untied
+    `output_layer` (stem) equal lstsq on the inputs the test captured itself."""
+    cfg = _obs(random_dataset, {"tp": 1, "pp": 1}, hessian_tokens=8 * 32, hessian_damp=0.0)
+    results = run_distributed(obs_rounds_against_least_squares, 1, cfg, 3)[0]
+    assert {kind for kind, _, _ in results} == {"attn", "ffn", "stem"}, results
+    assert {key[0] for _, key, _ in results} == {"proj", "fc2", "qkv", "fc1", "output"}
+    for kind, key, err in results:
+        assert err <= 1e-5, (kind, key, err)
+
+
+@pytest.fixture(scope="module")
+def reference(random_dataset):
+    return run_distributed(obs_pruning_run, 1, _obs(random_dataset, {"tp": 1, "pp": 1}), STEPS)[0]
+
+
+@pytest.fixture(scope="module")
+def bf16_reference(random_dataset):
+    return run_distributed(obs_pruning_run, 1, _obs(random_dataset, {"tp": 1, "pp": 1}, "bf16"), STEPS)[0]
+
+
+def test_reference_updates_every_kind_and_helps(reference, random_dataset):
+    """All three kinds are removed (uneven KV groups reached); each update lowers the layer's
+    reconstruction error below plain removal's; the weights differ from variant A's."""
+    assert {kind for kind, _ in reference["removals"]} == {"attn", "ffn", "stem"}
+    arch = json.loads(reference["arch"])
+    assert any(len(set(groups)) > 1 for groups in arch["heads_per_group"]), "no uneven KV groups reached"
+    assert len(reference["errors"]) == len(reference["removals"])
+    for with_update, without in reference["errors"]:
+        assert 0 <= with_update < without, reference["errors"]
+    plain = run_distributed(pruning_run, 1, _config(random_dataset, {"tp": 1, "pp": 1}), STEPS)[0]
+    assert plain["removals"][0] == reference["removals"][0]
+    name = "decoder.layers.0.mlp.linear_fc2.weight"
+    assert (plain["params"][name] - reference["params"][name]).abs().max() > 1e-3
+
+
+LAYOUTS = pytest.mark.parametrize(
+    "world,parallel", [(2, {"tp": 2, "pp": 1}), (2, {"tp": 1, "pp": 2}), (4, {"tp": 2, "pp": 2}),
+                       (2, {"tp": 1, "pp": 1, "distributed_optimizer": True})],
+    ids=["tp2", "pp2", "tp2pp2", "dp2_distopt"])
+
+
+@LAYOUTS
+def test_same_removals_weights_and_losses(world, parallel, reference, random_dataset):
+    got = run_distributed(obs_pruning_run, world, _obs(random_dataset, parallel), STEPS)[0]
+    assert got["removals"] == reference["removals"]
+    assert got["arch"] == reference["arch"]
+    for name, value in reference["params"].items():
+        assert got["params"][name].shape == value.shape, name
+        err = ((got["params"][name] - value).abs().max() / value.abs().max()).item()
+        assert err <= 1e-4, f"{name}: {err:.2e}"
+    for a, b in zip(got["losses"], reference["losses"]):
+        assert abs(a - b) <= 1e-4
+    for (a, _), (b, _) in zip(got["errors"], reference["errors"]):
+        assert a == pytest.approx(b, rel=1e-3)
+
+
+@pytest.mark.parametrize("world,parallel", [(2, {"tp": 2, "pp": 1}), (2, {"tp": 1, "pp": 1, "distributed_optimizer": True})],
+                         ids=["tp2", "dp2_distopt"])
+def test_same_removals_weights_and_losses_in_bf16(world, parallel, bf16_reference, random_dataset):
+    got = run_distributed(obs_pruning_run, world, _obs(random_dataset, parallel, "bf16"), STEPS)[0]
+    assert {kind for kind, _ in bf16_reference["removals"]} == {"attn", "ffn", "stem"}
+    assert got["removals"] == bf16_reference["removals"]
+    assert got["arch"] == bf16_reference["arch"]
+    for name, value in bf16_reference["params"].items():
+        assert got["params"][name].dtype == value.dtype, name
+        err = ((got["params"][name].float() - value.float()).norm() / value.float().norm()).item()
+        assert err <= 5e-2, f"{name}: {err:.2e}"
+    for a, b in zip(got["losses"], bf16_reference["losses"]):
+        assert abs(a - b) <= 1e-2
