@@ -112,13 +112,16 @@ def removal_matches_unpruned(cfg_dict: dict, kind: str, indices: tuple):
 def obs_rounds_against_least_squares(cfg_dict: dict, steps: int):
     """Train with `prune.update: obs` at one rank, capturing every block's whole input of each
     step with the test's own hooks; after each round, compare each updated weight with the
-    least-squares optimum computed here in plain torch. Returns [(kind, block, rel. error)]."""
+    least-squares optimum for all the columns the round took, computed here in plain torch
+    (equal to the sequential updates without dampening). Returns
+    [(kinds of the round, block, removals touching it, rel. error)]."""
     import torch
 
     from pap.config import config_from_dict
+    from pap.pruning.remove import kept_indices
     from pap.sharding.full_state import gather_full_state
     from pap.sharding.hessians import module_of, stage_blocks
-    from pap.sharding.obs_round import affected_columns, param_name
+    from pap.sharding.obs_round import param_name
     from pap.trainer import Trainer
 
     trainer = Trainer(config_from_dict(cfg_dict))
@@ -148,16 +151,20 @@ def obs_rounds_against_least_squares(cfg_dict: dict, steps: int):
         new = trainer.pruning.removals[done:]
         if not new:
             continue
-        assert len(new) == 1, "one removal per round in this test"
         after = gather_full_state(trainer.model.module, "param")
-        for key, columns in affected_columns(new[0], before["arch"], blocks):
+        for key in blocks:
             name = param_name(key)
             weight = before["params"][name]
+            rows, columns = kept_indices(name, weight.shape, before["arch"], new)
+            if columns is None:
+                continue  # the round took none of this layer's input columns
             inputs = torch.cat(captured[key]).T  # [n, tokens]
-            kept = [c for c in range(weight.shape[1]) if c not in columns]
-            want = torch.linalg.lstsq(inputs[kept].T, (weight @ inputs).T).solution.T
+            want = torch.linalg.lstsq(inputs[columns].T, (weight @ inputs).T).solution.T
+            if rows is not None:
+                want = want[rows]
             got = after[name].double()
-            results.append((new[0].kind, key, ((got - want).norm() / want.norm()).item()))
+            touching = sum(1 for r in new if kept_indices(name, weight.shape, before["arch"], [r])[1] is not None)
+            results.append(([r.kind for r in new], key, touching, ((got - want).norm() / want.norm()).item()))
     return results
 
 

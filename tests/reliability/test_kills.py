@@ -93,3 +93,34 @@ def test_killed_rank_under_torchrun_then_resume(tmp_path, random_dataset, refere
     got = [(e["iteration"], e["kind"], e["indices"])
            for e in map(json.loads, _lines(tmp_path / "run" / "pruning_events.jsonl"))]
     assert got == events
+
+
+def test_obs_update_killed_mid_window_resumes_as_if_uninterrupted(tmp_path, random_dataset):
+    """`prune.update: obs` at DP=2 with the distributed optimizer (the Hessians owned by both
+    ranks): SIGKILL after the checkpoint at step 3, one step into a two-step window; the run
+    resumes with each rank's saved Hessians and makes the uninterrupted run's removals, OBS
+    errors and losses."""
+    def config(name):
+        cfg = tiny_config(random_dataset, train={"iters": 8, "warmup_iters": 1, "eval_iters": 0},
+                          parallel={"tp": 1, "pp": 1, "distributed_optimizer": True},
+                          log={"interval": 1}, checkpoint={"dir": str(tmp_path / name), "save_interval": 3},
+                          prune={"enabled": True, "target_params": 0.5, "grad_steps": 2, "prune_steps": 2,
+                                 "min_ffn": 100, "update": "obs"})
+        return write_config(tmp_path / f"{name}.yaml", cfg)
+
+    run(2, config("ref"), log=tmp_path / "ref.log")
+    _killed(config("run"), "metrics.after_write:5", tmp_path / "killed.log", nproc=2)
+    import torch
+
+    saved = [torch.load(f, weights_only=False)["pruning"]["hessians"]
+             for f in sorted((tmp_path / "run" / "iter_0000003").glob("rank_state_*.pt"))]
+    assert len(saved) == 2 and all(s["steps"] == 1 for s in saved), "the checkpoint holds the open window"
+    assert all(s["hessians"] for s in saved), "each rank owns some of the Hessians"
+    out = run(2, config("run"), log=tmp_path / "again.log")
+    assert "at iteration 3" in out and "restarts" not in out, out[-2000:]
+    reference = [json.loads(l) for l in _lines(tmp_path / "ref" / "pruning_events.jsonl")]
+    got = [json.loads(l) for l in _lines(tmp_path / "run" / "pruning_events.jsonl")]
+    assert got == reference and all("obs_error" in e for e in got)
+    ref_losses, losses = step_losses(tmp_path / "ref" / "metrics.jsonl"), step_losses(tmp_path / "run" / "metrics.jsonl")
+    for iteration in range(1, 9):
+        assert losses[iteration] == pytest.approx(ref_losses[iteration], abs=1e-6), iteration
