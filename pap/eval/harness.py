@@ -21,7 +21,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 from pap.errors import PapError
 from pap.eval import models
-from pap.eval.table import PAPER_TASKS, TaskColumn, parse_task, render
+from pap.eval.table import PAPER_TASKS, TaskColumn, parse_task, render, rows
 
 # Datasets that `datasets` reads from local files with a builtin loader: a task made of
 # these (or of a local directory) needs no network, so the run can be made offline.
@@ -129,6 +129,11 @@ def evaluate_export(export_dir: Path, manager, columns: Sequence[TaskColumn], li
     try:
         output = lm_eval.simple_evaluate(model=lm, tasks=[c.task for c in columns], task_manager=manager,
                                          limit=limit, log_samples=log_samples)
+    except ConnectionError as exc:  # a hub dataset on a node without network (or an unreachable hub)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PapError(f"--tasks {','.join(c.task for c in columns)}: a dataset could not be downloaded "
+                       f"({first}); on a node without network, pre-download the tasks' datasets and set "
+                       f"HF_DATASETS_OFFLINE=1 (docs/RUNNING.md, Evaluating a run)") from None
     finally:
         del lm
         gc.collect()
@@ -176,6 +181,8 @@ def run(model_paths: Sequence[str], tasks: Optional[Sequence[str]] = None, inclu
                                          log_samples)
             samples = output.pop("samples", {}) or {}
             out.append(ModelResult(path=path, results=output, samples=samples))
+            if len(out) == 1:
+                rows(out, columns)  # a `task:metric` lm-eval did not compute fails before the next model
     return out
 
 

@@ -40,12 +40,14 @@ def metric_for(task: str, scores: dict, chosen: Optional[str]) -> Optional[str]:
     else the first numeric one lm-eval computed."""
     names = [key.split(",")[0] for key, value in scores.items()
              if "," in key and "_stderr" not in key and isinstance(value, (int, float))]
-    for candidate in (chosen, REPORTED_METRIC.get(task), "acc", "acc_norm"):
-        if candidate and candidate in names:
-            return candidate
     if chosen:
-        raise PapError(f"--tasks {task}:{chosen}: lm-eval computed no {chosen!r} for {task} "
-                       f"(it has {', '.join(names) or 'none'})")
+        if chosen not in names:
+            raise PapError(f"--tasks {task}:{chosen}: lm-eval computed no {chosen!r} for {task} "
+                           f"(it has {', '.join(names) or 'none'})")
+        return chosen
+    for candidate in (REPORTED_METRIC.get(task), "acc", "acc_norm"):
+        if candidate in names:
+            return candidate
     return names[0] if names else None
 
 
