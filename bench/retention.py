@@ -16,6 +16,12 @@ the same validation set:
 (c)  one-shot pruning of the source to the same target with the same metric (saliency of
      `--calib-batches` batches, no update), then plain training for T.
 
+With `--obs`, EfficientLLM-B against A: (aB) is (a) with `prune.update: obs`, and both
+are run again with the budget doubled (`a_pap_long`, `aB_pap_long`: 2T, the same pruning
+stage followed by a continued stage twice as long). `--skip-baselines` leaves out
+(a2), (a4), (b) and (c). Every pap run reports its validation loss right after the
+pruning stage as well as at T.
+
 Prints a Markdown table (also written to OUT/results.md) of parameters, pruning-stage
 length and validation loss. Runs two processes at a time on a 2-core machine; rerunning
 skips the runs already complete (each run resumes or reuses its checkpoint directory).
@@ -99,7 +105,16 @@ class Bench:
         return losses[-1] if losses else None
 
     def iters_of(self, name: str) -> int:
-        return self.args.source_iters if name == "source" else self.args.iters
+        if name == "source":
+            return self.args.source_iters
+        return 2 * self.args.iters if name.endswith("_long") else self.args.iters
+
+    def loss_at(self, name: str, iteration: int):
+        """Validation loss logged at `iteration` (the first report there), or None."""
+        metrics = self.out / name / "metrics.jsonl"
+        rows = [r for r in map(json.loads, metrics.read_text().splitlines())
+                if "lm loss validation" in r and r["iteration"] == iteration] if metrics.is_file() else []
+        return rows[0]["lm loss validation"] if rows else None
 
     def params(self, name: str) -> int:
         from pap import checkpoint
@@ -120,9 +135,10 @@ class Bench:
         source = self.train("source", merged(self.base, train=source_lr))
         from_source = merged(self.base, train=derived_lr, checkpoint={"init_from": str(source)})
 
-        def pap(name, k, p):
-            return self.train(name, merged(from_source, prune={
-                "enabled": True, "metric": a.metric, "target_params": a.target, "grad_steps": k, "prune_steps": p}))
+        def pap(name, k, p, update="none", budget=1):
+            return self.train(name, merged(from_source, train=schedule(budget * a.iters, 1e-3, 1e-4), prune={
+                "enabled": True, "metric": a.metric, "target_params": a.target, "grad_steps": k, "prune_steps": p,
+                "update": update}))
 
         def oneshot_then_train():
             ckpt = self.out / "oneshot_ckpt"
@@ -134,6 +150,14 @@ class Bench:
             return self.train("c_oneshot", merged(self.base, train=derived_lr, checkpoint={"init_from": str(ckpt)}))
 
         with ThreadPoolExecutor(max_workers=a.parallel) as pool:
+            if a.obs:
+                jobs = [pool.submit(pap, "a_pap", 2, 8), pool.submit(pap, "aB_pap", 2, 8, "obs"),
+                        pool.submit(pap, "a_pap_long", 2, 8, "none", 2), pool.submit(pap, "aB_pap_long", 2, 8, "obs", 2)]
+                for job in jobs:
+                    job.result()
+            if a.skip_baselines:
+                pap("a_pap", 2, 8)
+                return self.table()
             for job in [pool.submit(pap, "a_pap", 2, 8), pool.submit(pap, "a2_pap", 1, 8)]:
                 job.result()
             jobs = [pool.submit(pap, "a4_pap", 1, 16), pool.submit(oneshot_then_train)]
@@ -151,28 +175,38 @@ class Bench:
     def table(self) -> str:
         a = self.args
         tokens = a.iters * 16 * 128
-        oneshot_log = (self.out / "oneshot_ckpt.log").read_text()
-        after_oneshot = float(oneshot_log.split("validation loss ")[1].split(" before, ")[1].split(" after")[0])
         rows = [("source (trained from scratch)", "source", "—"),
-                ("(a) pap, k=2 : p=8", "a_pap", None), ("(a2) pap, k=1 : p=8 (2x fewer steps per removal)", "a2_pap", None),
+                ("(a) pap, k=2 : p=8", "a_pap", None),
+                ("(aB) pap + OBS update (EfficientLLM-B), k=2 : p=8", "aB_pap", None),
+                ("(a2) pap, k=1 : p=8 (2x fewer steps per removal)", "a2_pap", None),
                 ("(a4) pap, k=1 : p=16 (4x fewer)", "a4_pap", None),
                 ("(b) (a)'s architecture from scratch", "b_scratch", "—"),
-                ("(c) one-shot pruning of the source, then training", "c_oneshot", "0 (one shot)")]
+                ("(c) one-shot pruning of the source, then training", "c_oneshot", "0 (one shot)"),
+                ("(a) at 2T", "a_pap_long", None), ("(aB) at 2T", "aB_pap_long", None)]
         lines = [f"T = {a.iters} steps x 16 x 128 = {tokens:,} tokens per derived run (source: {a.source_iters} steps); "
                  f"target {a.target} of the source; metric {a.metric}; validation loss on 8 x 16 x 128 held-out tokens.",
-                 "", "| run | parameters | pruning stage (steps, removals) | validation loss at T | wall s |",
-                 "|---|---|---|---|---|"]
+                 "", "| run | parameters | pruning stage (steps, removals) | validation loss after the pruning stage "
+                 "| validation loss at the end | wall s |", "|---|---|---|---|---|---|"]
         for label, name, stage in rows:
+            if self.final_loss(name) is None:
+                continue
+            after_stage = "—"
             if stage is None:
                 last, count = self.pruning_stage(name)
                 stage = f"{last} steps, {count} removals"
+                value = self.loss_at(name, last)
+                after_stage = f"{value:.4f}" if value is not None else "—"
             seconds = self.seconds.get(name)
-            lines.append(f"| {label} | {self.params(name):,} | {stage} | {self.final_loss(name):.4f} | "
-                         f"{seconds:.0f} |" if seconds else
-                         f"| {label} | {self.params(name):,} | {stage} | {self.final_loss(name):.4f} | (earlier run) |")
-        lines += ["", f"One-shot model right after pruning, before training: validation loss {after_oneshot:.4f} "
-                      f"({self.params('oneshot_ckpt'):,} parameters).",
-                  f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, CPU only."]
+            wall = f"{seconds:.0f}" if seconds else "(earlier run)"
+            lines.append(f"| {label} | {self.params(name):,} | {stage} | {after_stage} | "
+                         f"{self.final_loss(name):.4f} | {wall} |")
+        oneshot_log = self.out / "oneshot_ckpt.log"
+        if oneshot_log.is_file():
+            text = oneshot_log.read_text()
+            after_oneshot = float(text.split("validation loss ")[1].split(" before, ")[1].split(" after")[0])
+            lines += ["", f"One-shot model right after pruning, before training: validation loss {after_oneshot:.4f} "
+                          f"({self.params('oneshot_ckpt'):,} parameters)."]
+        lines += [f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, CPU only."]
         return "\n".join(lines)
 
 
@@ -185,6 +219,8 @@ def main() -> int:
     parser.add_argument("--metric", default="mix")
     parser.add_argument("--calib-batches", type=int, default=8)
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time")
+    parser.add_argument("--obs", action="store_true", help="add EfficientLLM-B (prune.update=obs) vs A, at T and 2T")
+    parser.add_argument("--skip-baselines", action="store_true", help="only the source and the pap runs")
     parser.add_argument("--quick", action="store_true", help="a ~3-minute smoke run (tiny budgets)")
     args = parser.parse_args()
     if args.quick:

@@ -110,8 +110,9 @@ class PruningHook:
             from pap.sharding.obs_round import apply_obs
 
             self.obs = apply_obs(trainer, self.hessians, chosen, self.cfg.hessian_damp)
-            errors = [{"obs_error": e, "obs_error_plain": p}
-                      for e, p in zip(self.obs.errors, self.obs.plain_errors)]
+            # The round solves each layer once for all its removals: the errors are per kind.
+            errors = [{"obs_error": self.obs.errors.get(removal.kind),
+                       "obs_error_plain": self.obs.plain_errors.get(removal.kind)} for removal, _ in chosen]
         if chosen:
             apply_removals(trainer, [removal for removal, _ in chosen])
         for (removal, after), extra in zip(chosen, errors):
@@ -198,8 +199,9 @@ class PruningHook:
             values["pruning/round_s"] = self.round_seconds
             if self.obs is not None:
                 values["pruning/obs_s"] = self.obs.seconds
-                values["pruning/obs_error"] = sum(self.obs.errors) / max(len(self.obs.errors), 1)
-                values["pruning/obs_error_plain"] = sum(self.obs.plain_errors) / max(len(self.obs.plain_errors), 1)
+                for kind, value in self.obs.errors.items():
+                    values[f"pruning/obs_error_{kind}"] = value
+                    values[f"pruning/obs_error_plain_{kind}"] = self.obs.plain_errors[kind]
             self._round_ran = False
         if self._new_removals:
             for kind, value in zip(("attn", "ffn", "stem"), self._new_removals[0].candidates):

@@ -57,10 +57,11 @@ def solve_columns(hessian: torch.Tensor, removed: Sequence[int], damp: float) ->
     removed = torch.as_tensor(list(removed), dtype=torch.long)
     h = damped(hessian, damp)
     factor = torch.linalg.cholesky(h)
-    units = torch.zeros(h.shape[0], len(removed), dtype=h.dtype)
-    units[removed, torch.arange(len(removed))] = 1.0
+    units = torch.zeros(h.shape[0], len(removed), dtype=h.dtype, device=h.device)
+    units[removed.to(h.device), torch.arange(len(removed), device=h.device)] = 1.0
     columns = torch.cholesky_solve(units, factor)
     undamped = hessian.double()
+    removed = removed.to(h.device)
     return ObsSolution(columns, columns.T @ undamped @ columns, undamped[removed][:, removed])
 
 

@@ -1,14 +1,13 @@
 """The OBS update of a round's removals on the live, sharded training state (EfficientLLM-B).
 
-Runs before the round's removals are cut (`pap.sharding.reshard.apply_removals`): for each
-removal in order, every layer whose input columns it takes moves its surviving weights to
-the least-squares optimum (`pap.pruning.obs`), which leaves the removed columns exactly
-zero; the cut then drops them as in variant A. Coordinates stay those of the model before
-the round: each block keeps the list of its columns still present, so a later removal of
-the same round solves with H restricted to them (the sequential optimum, which equals
-the one-shot optimum for all removed columns).
+Runs before the round's removals are cut (`pap.sharding.reshard.apply_removals`): every
+layer whose input columns the round takes moves its surviving weights to the
+least-squares optimum (`pap.pruning.obs`), which makes the removed columns zero; the cut
+then drops them as in variant A. The round's removals are mapped to the coordinates of
+the model before the round and each layer is solved once for all of them, which is the
+same as applying them in order, each on the weights the previous one left (see `run`).
 
-Per removal, on each pipeline stage (collective over the stage's TP×DP ranks):
+Per round, on each pipeline stage (collective over the stage's TP×DP ranks):
 
 1. the owner of each affected block (`pap.sharding.hessians`) factorises its H restricted
    to the surviving columns and solves for V = H⁻¹[:, P]; one SUM all-reduce of
@@ -20,7 +19,7 @@ Per removal, on each pipeline stage (collective over the stage's TP×DP ranks):
    its flat range with the distributed one. The model params follow as the masters' cast;
    with the distributed optimizer megatron's own copy and param all-gather publish them.
 
-What travels is O((out + n)·|P|) per block per removal, never a weight matrix or an H.
+What travels is O((out + n)·|P|) per layer, never a weight matrix or an H.
 """
 
 from __future__ import annotations
@@ -44,11 +43,17 @@ from pap.sharding.training_state import ParamRecord, TrainingState
 class ObsStats:
     """What the round's updates did (the same on every rank)."""
 
-    errors: List[float] = field(default_factory=list)
-    """Per removal: mean over its layers of ‖ΔY‖/‖Y‖ with the update, on the window's tokens."""
-    plain_errors: List[float] = field(default_factory=list)
-    """Per removal: the same without the update (the columns just dropped, variant A)."""
+    errors: Dict[str, float] = field(default_factory=dict)
+    """Per removal kind of the round: mean over the updated layers of ‖ΔY‖/‖Y‖ on the
+    window's sampled tokens (attn: `linear_proj`; ffn: `linear_fc2`; stem: `linear_qkv`,
+    `linear_fc1` and an untied `output_layer`)."""
+    plain_errors: Dict[str, float] = field(default_factory=dict)
+    """The same without the update (the columns just dropped: variant A)."""
     seconds: float = 0.0
+
+
+_ROWS = 4096
+"""Rows of U Vᵀ formed at a time when a master is updated (bounds the float64 temporary)."""
 
 
 def param_name(key: Key) -> str:
@@ -93,8 +98,6 @@ class ObsRound:
         self.stage = window.stage
         self.state = TrainingState(trainer.model.module, trainer.optimizer)
         self.records: Dict[str, ParamRecord] = {r.name: r for r in self.state.records}
-        self.kept: Dict[Key, torch.Tensor] = {key: torch.arange(block_width(trainer.arch, key))
-                                              for key in window.blocks}
         self.squares = window.output_squares()
         # Replicas hold identical masters: with the plain optimizer only DP rank 0 contributes.
         self.contributes = self.state.distributed or ps.get_data_parallel_rank() == 0
@@ -103,31 +106,47 @@ class ObsRound:
 
     @torch.no_grad()
     def run(self, chosen: Sequence[Tuple[Removal, Arch]]) -> ObsStats:
-        """Update for every removal of `chosen` ((removal, arch after it), in order)."""
+        """Update for every removal of `chosen` ((removal, arch after it), in order).
+
+        Each layer gets one solve for all the columns the round takes from it: with H fixed
+        for the round (dampening from its full diagonal), the optimum for the union of the
+        removed columns is what applying the removals one after another gives, each with H
+        restricted to the columns left (`pap.pruning.obs`), at one Cholesky factorisation
+        per layer instead of one per removal.
+        """
         start = time.time()
         arch = self.trainer.arch
-        totals = torch.zeros(len(chosen), 3, dtype=torch.float64)
-        for index, (removal, after) in enumerate(chosen):
-            jobs = [(key, self.kept[key][columns]) for key, columns in
-                    affected_columns(removal, arch, self.window.blocks)]
-            if jobs:
-                totals[index] = self._update(jobs)
-            for key, removed in jobs:
-                self.kept[key] = self.kept[key][~torch.isin(self.kept[key], removed)]
+        kept = {key: torch.arange(block_width(arch, key)) for key in self.window.blocks}
+        removed: Dict[Key, List[int]] = {}
+        kind_of: Dict[Key, str] = {}
+        for removal, after in chosen:
+            for key, columns in affected_columns(removal, arch, self.window.blocks):
+                originals = kept[key][columns]  # coordinates of the model before the round
+                removed.setdefault(key, []).extend(originals.tolist())
+                kind_of[key] = removal.kind
+                kept[key] = kept[key][~torch.isin(kept[key], originals)]
             arch = after
+        jobs = [(key, torch.tensor(sorted(columns))) for key, columns in removed.items()]
+        kinds = ("attn", "ffn", "stem")
+        totals = torch.zeros(len(kinds), 3, dtype=torch.float64)
+        if jobs:
+            for (key, _), (error, plain) in zip(jobs, self._update(jobs)):
+                totals[kinds.index(kind_of[key])] += torch.tensor([error, plain, 1.0], dtype=torch.float64)
         self._publish()
         totals = totals if self.reporter else torch.zeros_like(totals)
         if dist.is_initialized() and dist.get_world_size() > 1:
             totals = totals.to(collective_device())
             dist.all_reduce(totals)  # add the stages' layers
             totals = totals.cpu()
-        count = totals[:, 2].clamp(min=1)
-        return ObsStats((totals[:, 0] / count).tolist(), (totals[:, 1] / count).tolist(), time.time() - start)
+        present = [i for i in range(len(kinds)) if totals[i, 2] > 0]
+        return ObsStats({kinds[i]: float(totals[i, 0] / totals[i, 2]) for i in present},
+                        {kinds[i]: float(totals[i, 1] / totals[i, 2]) for i in present}, time.time() - start)
 
-    def _update(self, jobs: List[Tuple[Key, torch.Tensor]]) -> torch.Tensor:
-        """One removal's updates on this stage; returns (Σ error, Σ plain error, layers)."""
+    def _update(self, jobs: List[Tuple[Key, torch.Tensor]]) -> List[Tuple[float, float]]:
+        """The updates of this stage's layers (collective over the stage); returns per job
+        (‖ΔY‖/‖Y‖ with the update, without it)."""
         stage, window = self.stage, self.window
-        # 1. V = H⁻¹[:, P] (full column coordinates, zero at columns already gone) and Grams.
+        # 1. V = H⁻¹[:, P] and the two error Grams, from each block's owner.
         sizes = []
         for key, removed in jobs:
             n, q = block_width(self.trainer.arch, key), len(removed)
@@ -150,7 +169,7 @@ class ObsRound:
             offset += out * len(removed)
         removed_weights = _sum(removed_weights, stage.group, stage.size)
         # 3. U, the local update, the errors.
-        result = torch.zeros(3, dtype=torch.float64)
+        results = []
         v_offset = w_offset = 0
         for (key, removed), size, out in zip(jobs, sizes, outs):
             n, q = block_width(self.trainer.arch, key), len(removed)
@@ -163,24 +182,18 @@ class ObsRound:
             left = left_factor(weights, columns, removed)
             self._add(self.records[param_name(key)], left, columns)
             square = self.squares.get(key, 0.0)
-            result[0] += relative_error(left, error_gram, square)
-            result[1] += relative_error(weights, removed_gram, square)
-            result[2] += 1
-        return result
+            results.append((relative_error(left, error_gram, square), relative_error(weights, removed_gram, square)))
+        return results
 
     def _solve(self, key: Key, removed: torch.Tensor) -> torch.Tensor:
-        """[V | Vᵀ H V | H[P, P]] flattened, V scattered to full column coordinates."""
-        kept = self.kept[key]
+        """[V | Vᵀ H V | H[P, P]] flattened, for the H this rank owns."""
         hessian = self.window.hessians.get(key)
-        n = block_width(self.trainer.arch, key)
-        if hessian is None:  # no step in the window (cannot happen: a round follows >= 1 step)
-            hessian = torch.zeros(n, n)
-        hessian = hessian.double().cpu()[kept][:, kept]
-        positions = torch.searchsorted(kept, removed)
-        solution = solve_columns(hessian, positions.tolist(), self.damp)
-        columns = torch.zeros(n, len(removed), dtype=torch.float64)
-        columns[kept] = solution.inverse_columns
-        return torch.cat([columns.reshape(-1), solution.error_gram.reshape(-1), solution.removed_gram.reshape(-1)])
+        if hessian is None:  # an empty window (a round follows at least one step)
+            n = block_width(self.trainer.arch, key)
+            hessian = torch.zeros(n, n, dtype=torch.float64)
+        solution = solve_columns(hessian, removed.tolist(), self.damp)  # on H's device
+        return torch.cat([solution.inverse_columns.reshape(-1), solution.error_gram.reshape(-1),
+                          solution.removed_gram.reshape(-1)]).cpu()
 
     def _removed_columns(self, record: ParamRecord, removed: torch.Tensor, out: int) -> torch.Tensor:
         """This rank's owned values of W[:, removed] in full rows, zero elsewhere ([out, |P|])."""
@@ -195,14 +208,15 @@ class ObsRound:
         slots = torch.nonzero(present).view(1, -1)  # which of the |P| columns are on this rank
         local_columns = local_columns[present]
         if record.span is None:
-            values = record.master.detach().view(record.param.shape)[:, local_columns]
+            values = record.master.detach().view(record.param.shape)[:, local_columns.to(record.master.device)]
             buffer[rows[:, None], slots] = values.double().cpu()
             return buffer
         start, end = record.span
         flat = torch.arange(len(rows))[:, None] * record.param.shape[1] + local_columns[None, :]
         inside = (flat >= start) & (flat < end)
         values = torch.zeros(flat.shape, dtype=torch.float64)
-        values[inside] = record.master.detach().reshape(-1).cpu()[flat[inside] - start].double()
+        where = (flat[inside] - start).to(record.master.device)
+        values[inside] = record.master.detach().reshape(-1)[where].double().cpu()
         buffer[rows[:, None], slots] = values
         return buffer
 
@@ -231,19 +245,24 @@ class ObsRound:
             else:
                 rows_v = columns[shard[1]]
         param, master = record.param, record.master
+        device = master.device
+        rows_u, rows_v = rows_u.to(device), rows_v.to(device)
+        width = param.shape[1]
         if record.span is None:
-            delta = (rows_u @ rows_v.T).to(torch.float32).to(master.device)
-            master.view(param.shape).add_(delta)
+            matrix = master.view(param.shape)
+            for first in range(0, param.shape[0], _ROWS):  # bounded float64 temporaries
+                last = min(first + _ROWS, param.shape[0])
+                matrix[first:last].add_((rows_u[first:last] @ rows_v.T).to(torch.float32))
             if not record.shares_storage:
-                param.data.copy_(master.view(param.shape).to(param.dtype))
+                param.data.copy_(matrix.to(param.dtype))
             return
         start, end = record.span
-        if end <= start:
-            return
-        width = param.shape[1]
-        first, last = start // width, (end - 1) // width + 1
-        delta = (rows_u[first:last] @ rows_v.T).reshape(-1)[start - first * width:end - first * width]
-        master.view(-1).add_(delta.to(torch.float32).to(master.device))
+        flat = master.view(-1)
+        for chunk in range(start, end, _ROWS * width):
+            stop = min(chunk + _ROWS * width, end)
+            first, last = chunk // width, (stop - 1) // width + 1
+            delta = (rows_u[first:last] @ rows_v.T).reshape(-1)[chunk - first * width:stop - first * width]
+            flat[chunk - start:stop - start].add_(delta.to(torch.float32))
 
     def _publish(self) -> None:
         """Distributed optimizer: masters -> model params on the owning rank, then megatron's

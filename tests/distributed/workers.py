@@ -182,7 +182,8 @@ def obs_pruning_run(cfg_dict: dict, steps: int):
         done = len(trainer.pruning.removals)
         losses.append(trainer.train_step().loss)
         if len(trainer.pruning.removals) > done and trainer.pruning.obs is not None:
-            errors += list(zip(trainer.pruning.obs.errors, trainer.pruning.obs.plain_errors))
+            obs = trainer.pruning.obs
+            errors += [(obs.errors[kind], obs.plain_errors[kind]) for kind in sorted(obs.errors)]
     params = _everything_on_rank0(gather_full_state(trainer.model.module, "param"))
     if dist.get_rank() != 0:
         return None
