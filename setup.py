@@ -9,6 +9,12 @@ MEGATRON_CORE = "megatron-core==0.16.1"
 # the same logits; a new transformers can change a model class under us).
 TRANSFORMERS = "transformers==5.24.0"
 TOKENIZERS = "tokenizers==0.23.3"
+# `python -m pap.eval harness`: lm-evaluation-harness with its Hugging Face model class
+# (accelerate, peft). 0.4.13, the newest release, installs beside transformers 5.24.0 and
+# torch 2.13.0 without changing either. It sits with the pinned transformers in the `hf` and
+# `dev` extras, not in install_requires: it depends on transformers without a pin, so a bare
+# `pip install pap` would otherwise get whatever transformers is newest.
+LM_EVAL = "lm-eval[hf]==0.4.13"
 
 setup(
     name="pap",
@@ -34,7 +40,7 @@ setup(
         "matplotlib",  # pap.plot
     ],
     extras_require={
-        "hf": [TRANSFORMERS],
-        "dev": ["pytest", "pytest-timeout", TRANSFORMERS],
+        "hf": [TRANSFORMERS, LM_EVAL],
+        "dev": ["pytest", "pytest-timeout", TRANSFORMERS, LM_EVAL],
     },
 )

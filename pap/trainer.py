@@ -158,6 +158,10 @@ class Trainer:
             if self.topo.rank == 0:
                 print(f"pap: saliency window restored at a new layout ({self.pruning.accumulator.steps} steps)",
                       flush=True)
+                if self.pruning.hessians is not None:
+                    # Each H lives whole on one rank of the saved layout; the removals stay those of
+                    # the saliency window, the round's update sees the steps from here on.
+                    print("pap: the Hessian window (prune.update=obs) restarts at a new layout", flush=True)
         elif self.topo.rank == 0:
             print("pap: the saliency window restarts (not saved, or saved for another metric)", flush=True)
 
@@ -368,6 +372,9 @@ class Trainer:
                     os.makedirs(path, exist_ok=True)
             truncate_jsonl(metrics, self.iteration)
         progress = Progress(self.topo.rank == 0, cfg.train.iters, tb_dir, metrics)
+        from pap.eval.training import TrainingHarness  # eval.harness_tasks: benchmarks during training
+
+        harness = TrainingHarness.from_config(cfg)
         progress.print(
             f"pap: {self.arch.num_params():,} parameters | tp={self.topo.tp} pp={self.topo.pp} dp={self.topo.dp} | "
             f"global batch {cfg.train.global_batch_size} x {cfg.data.seq_length} tokens | "
@@ -411,6 +418,8 @@ class Trainer:
                     self.save()
                     last_saved = self.iteration
                     progress.print(f"saved checkpoint {checkpoint.iteration_dir(cfg.checkpoint.dir, self.iteration)}")
+                if harness is not None and harness.due(self.iteration):
+                    last_saved = harness.run(self, progress, last_saved)
                 if self.exit_voted:  # agreed in this step's loss all-reduce
                     if cfg.checkpoint.dir and last_saved != self.iteration:
                         self.save()
@@ -433,6 +442,11 @@ class Trainer:
                        f"({self.iteration * self.tokens_per_iter:,} tokens): {self.arch.num_params():,} parameters "
                        f"(target {self.pruning.target:,}) after {len(self.pruning.removals)} removals; "
                        f"continuing as plain pretraining")
+        # The pruned model's loss before any continued training: what the pruning stage kept.
+        # (The interval's and the final validation report it already at those iterations.)
+        interval = self.cfg.train.eval_interval
+        if self.iteration < self.cfg.train.iters and not (interval and self.iteration % interval == 0):
+            self._report_validation(progress)
         if not (self.cfg.checkpoint.dir and self.cfg.checkpoint.save_pruned):
             return last_saved
         if last_saved != self.iteration:
