@@ -206,7 +206,7 @@ class Bench:
             after_oneshot = float(text.split("validation loss ")[1].split(" before, ")[1].split(" after")[0])
             lines += ["", f"One-shot model right after pruning, before training: validation loss {after_oneshot:.4f} "
                           f"({self.params('oneshot_ckpt'):,} parameters)."]
-        lines += [f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, CPU only."]
+        lines += ["", f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, CPU only."]
         return "\n".join(lines)
 
 

@@ -14,6 +14,10 @@ rank d's piece moves by the difference between what was removed before its bound
 its share of all that was removed. Each element that changes owner travels as three fp32
 values (master, exp_avg, exp_avg_sq). Prints, per removal kind, the elements removed and
 the worst rank's elements and bytes sent.
+
+It also gives the memory and traffic of `prune.update: obs` at that layout, from
+`pap.sharding.hessians`' own block list and ownership rule: the float64 Hessians each
+rank owns, and the sampled rows each rank sends per step at `prune.hessian_tokens`.
 """
 
 from __future__ import annotations
@@ -122,10 +126,32 @@ def _survivor_at(position: int, new, new_starts) -> int:
     return total
 
 
+def obs_figures(dp: int, tokens: int, global_batch: int = 512) -> list:
+    """Markdown lines: per-rank Hessian memory and per-step sample traffic of the OBS update."""
+    import math
+
+    from pap.sharding.hessians import block_keys, deal_owners
+
+    blocks = block_keys(list(range(LAYERS)), last_stage=True, tied=True)
+    owners = deal_owners(blocks, dp)
+    width = {"fc2": FFN, "proj": HEADS * HEAD_DIM, "qkv": HIDDEN, "fc1": HIDDEN}
+    held = [0] * dp
+    for key, owner in owners.items():
+        held[owner] += 8 * width[key[0]] ** 2
+    rows = math.ceil(tokens / global_batch) * global_batch // dp  # sampled rows per rank per block per step
+    sent = 4 * rows * sum(width[key[0]] for key in blocks)  # fp32 rows, every block (TP=1: all columns)
+    everything = sum(8 * width[key[0]] ** 2 for key in blocks)
+    return [f"prune.update=obs at DP={dp}, hessian_tokens={tokens}: {len(blocks)} Hessians, "
+            f"{everything / 2**30:.2f} GiB in float64 in all; per rank at most {max(held) / 2**20:.0f} MiB "
+            f"(mean {sum(held) / dp / 2**20:.0f} MiB); each rank sends {rows} sampled rows per layer input "
+            f"per step, {sent / 2**20:.1f} MiB per step."]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dp", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=1, help="removals of one kind in one round")
+    parser.add_argument("--hessian-tokens", type=int, default=1024, help="prune.hessian_tokens (the OBS line)")
     args = parser.parse_args()
     total = sum(rows * columns for _, rows, columns in parameters())
     print(f"SmolLM-1.7B: {total:,} parameters; TP=1, DP={args.dp}, distributed optimizer; "
@@ -135,6 +161,8 @@ def main() -> int:
     for kind in ("ffn", "attn", "stem"):
         gone, moved = sent_per_rank(kind, args.rounds, args.dp)
         print(f"| {kind} | {gone:,} | {max(moved):,} | {12 * max(moved):,} | {12 * sum(moved) // len(moved):,} |")
+    for line in obs_figures(args.dp, args.hessian_tokens):
+        print(line)
     return 0
 
 

@@ -91,12 +91,22 @@ def module_of(model, key: Key):
 def stage_blocks(model, arch: Arch) -> List[Key]:
     """This stage's blocks in ownership order (``fc2`` first: they are the largest)."""
     layers = [layer.layer_number - 1 for layer in model.decoder.layers]
+    return block_keys(layers, getattr(model, "post_process", False), arch.tie_embeddings)
+
+
+def block_keys(layers: List[int], last_stage: bool, tied: bool) -> List[Key]:
+    """The blocks of a stage holding `layers`, in ownership order."""
     keys = [(kind, layer) for kind in ("fc2", "proj", "qkv", "fc1") for layer in layers]
-    if getattr(model, "post_process", False) and not arch.tie_embeddings:
+    if last_stage and not tied:
         # A tied output layer is the embedding: an update fitted to the logits would also
         # move every layer's input, so it is left alone (docs/PRUNING.md).
         keys.append(("output", OUTPUT_LAYER))
     return keys
+
+
+def deal_owners(blocks: List[Key], size: int) -> Dict[Key, int]:
+    """Block -> index of its owner among the stage's `size` ranks: round-robin in block order."""
+    return {key: i % size for i, key in enumerate(blocks)}
 
 
 def _gemm_input(module, x: torch.Tensor) -> torch.Tensor:
@@ -174,7 +184,7 @@ class HessianWindow:
         if self.stage is None:
             self.stage = StageGroup.current()
         self.blocks = stage_blocks(model, arch)
-        self.owners = {key: i % self.stage.size for i, key in enumerate(self.blocks)}
+        self.owners = deal_owners(self.blocks, self.stage.size)
         for key in self.blocks:
             self._handles.append(module_of(model, key).register_forward_hook(self._hook(key)))
 

@@ -218,6 +218,9 @@ def test_pruning_run_logs_saves_and_resumes_pruned(tmp_path, random_dataset):
         assert f"pruning round at iteration {iteration}: " in out
     reached = [l for l in out.splitlines() if l.startswith("pap: pruning target reached at iteration ")]
     assert len(reached) == 1, out[-3000:]
+    # The pruned model's validation loss, before any continued training, is reported.
+    if events[-1]["iteration"] < 6:
+        assert f"validation loss at iteration {events[-1]['iteration']}: " in out
     tagged = run_dir / "pruned"
     assert tagged.is_symlink() and json.loads((tagged / "pap_state.json").read_text())["iteration"] \
         == events[-1]["iteration"]

@@ -121,6 +121,11 @@ def test_obs_update_killed_mid_window_resumes_as_if_uninterrupted(tmp_path, rand
     reference = [json.loads(l) for l in _lines(tmp_path / "ref" / "pruning_events.jsonl")]
     got = [json.loads(l) for l in _lines(tmp_path / "run" / "pruning_events.jsonl")]
     assert got == reference and all("obs_error" in e for e in got)
+    records = [json.loads(l) for l in _lines(tmp_path / "ref" / "metrics.jsonl")]
+    for event in reference:  # each round logs its update's time and errors
+        record = next(r for r in records if r["iteration"] == event["iteration"] and "pruning/obs_s" in r)
+        assert record[f"pruning/obs_error_{event['kind']}"] == event["obs_error"]
+        assert record[f"pruning/obs_error_{event['kind']}"] < record[f"pruning/obs_error_plain_{event['kind']}"]
     ref_losses, losses = step_losses(tmp_path / "ref" / "metrics.jsonl"), step_losses(tmp_path / "run" / "metrics.jsonl")
     for iteration in range(1, 9):
         assert losses[iteration] == pytest.approx(ref_losses[iteration], abs=1e-6), iteration
