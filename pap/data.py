@@ -111,7 +111,10 @@ def build_datasets(cfg: PapConfig, train_samples: int, valid_samples: int, cache
     prefixes, weights = parse_blend(cfg.data.blend)
     for prefix in prefixes:
         check_dataset(prefix, cfg.model.vocab_size)
-    if cache_dir:
+    if cache_dir and _builds_cache_first():
+        # Only the rank that writes the cache checks it: megatron builds the indices on
+        # global rank 0 first and the other ranks read them after a barrier, so a check on
+        # another rank could read a file rank 0 is still writing and call it damaged.
         check_data_cache(cache_dir)
     dataset_config = GPTDatasetConfig(
         random_seed=cfg.train.seed,
@@ -131,6 +134,13 @@ def build_datasets(cfg: PapConfig, train_samples: int, valid_samples: int, cache
     if train is None:
         raise PapError(f"data.split={cfg.data.split!r} leaves no training data")
     return train, valid
+
+
+def _builds_cache_first() -> bool:
+    """True on the rank megatron's dataset builder runs first (global rank 0, or no process group)."""
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def check_data_cache(cache_dir: str) -> None:
