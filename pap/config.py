@@ -241,6 +241,17 @@ class PruneConfig:
     evenly over the global batch's sequences (at least one position per sequence)."""
     hessian_damp: float = 0.01
     """update=obs: dampening λ; the update solves with H + λ·mean(diag H)·I."""
+    layers: str = "uniform"
+    """How removals spread over layers: uniform (one head or FFN channel of every layer at
+    once, EfficientLLM; all layers keep equal widths), greedy (the least salient single head or
+    FFN channel of one layer, or hidden channel) or adaptive (Adapt-Pruner: increments of
+    prune.increment of the parameters, spread by per-layer targets from each layer's
+    input/output cosine similarity; needs metric=first). docs/PRUNING.md."""
+    increment: float = 0.05
+    """layers=adaptive: fraction of the current parameters each increment removes (one
+    increment per prune.grad_steps optimizer steps; prune.prune_steps is not used)."""
+    adapt_amplitude: float = 0.5
+    """layers=adaptive: A in [0, 1): layer sparsities lie in [(1-A), (1+A)] x the average."""
 
 
 @dataclass
@@ -394,6 +405,7 @@ _CHOICES = {
     "train.lr_decay_style": ("cosine", "linear", "constant"),
     "prune.metric": ("first", "mix", "obd"),
     "prune.update": ("none", "obs"),
+    "prune.layers": ("uniform", "greedy", "adaptive"),
 }
 
 
@@ -478,6 +490,12 @@ def validate(cfg: PapConfig, source: str = "<config>") -> None:
         if pr.update == "obs" and p.sequence_parallel:
             fail("prune.update", "obs does not support parallel.sequence_parallel yet (the Hessians sample "
                  "whole sequences); set parallel.sequence_parallel=false")
+        if pr.layers == "adaptive" and pr.metric != "first":
+            fail("prune.layers", f"adaptive ranks heads and channels inside a layer by first-order Taylor "
+                 f"importance; set prune.metric=first (got {pr.metric!r})")
+        if pr.layers == "adaptive" and not (0 < pr.increment < 1 and 0 <= pr.adapt_amplitude < 1):
+            fail("prune.increment", f"must be in (0, 1) and prune.adapt_amplitude in [0, 1) with "
+                 f"prune.layers=adaptive, got {pr.increment} and {pr.adapt_amplitude}; e.g. 0.05 and 0.5")
         if pr.normalize not in (None, "params"):
             fail("prune.normalize", f"must be unset or 'params', got {pr.normalize!r}")
         if pr.min_kv_heads < p.tp or pr.min_ffn < p.tp:

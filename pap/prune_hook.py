@@ -18,8 +18,9 @@ import torch
 
 from pap import fault_injection
 from pap.pruning.accumulator import SaliencyAccumulator
-from pap.pruning.select import Floors, GroupScores, Removal, aligning_kind, choose, remove_from_arch
-from pap.sharding.reduce_saliency import global_scores
+from pap.pruning.select import (UNTOUCHED, Floors, GroupScores, Removal, aligning_kind, choose, choose_greedy,
+                                remove_from_arch)
+from pap.sharding.reduce_saliency import global_layer_cosine, global_scores
 from pap.sharding.reshard import apply_removals
 
 
@@ -30,18 +31,35 @@ def _drop(vector: torch.Tensor, index: int) -> torch.Tensor:
 def scores_after(scores: GroupScores, removal: Removal) -> GroupScores:
     """The remaining groups' scores once `removal` is gone (for several removals per round)."""
     if removal.kind == "attn":
-        return replace(scores, attn=[_drop(v, i) for v, i in zip(scores.attn, removal.indices)])
+        return replace(scores, attn=[v if i == UNTOUCHED else _drop(v, i) for v, i in zip(scores.attn, removal.indices)])
     if removal.kind == "ffn":
-        return replace(scores, ffn=[_drop(v, i) for v, i in zip(scores.ffn, removal.indices)])
+        return replace(scores, ffn=[v if i == UNTOUCHED else _drop(v, i) for v, i in zip(scores.ffn, removal.indices)])
     return replace(scores, stem=_drop(scores.stem, removal.indices[0]))
 
 
+def layer_mean(values):
+    """The per-layer mean of a width: an int when every layer has it (uniform pruning)."""
+    values = list(values)
+    return values[0] if len(set(values)) == 1 else sum(values) / len(values)
+
+
 def removal_event(iteration: int, tokens: int, removal: Removal, arch, **extra) -> dict:
-    """One line of `pruning_events.jsonl`: the removal and the shape right after it (`arch`);
-    `extra` adds fields (the OBS update's reconstruction errors)."""
+    """One line of `pruning_events.jsonl`: the removal and the shape right after it (`arch`):
+    `heads`/`ffn` are per-layer means (the width of every layer under uniform pruning),
+    `heads_per_layer`/`ffn_per_layer` the widths; `extra` adds fields (the OBS update's
+    reconstruction errors, an adaptive increment's layer cosines and sparsities)."""
+    layers = range(arch.num_layers)
     return {"iteration": iteration, "tokens": tokens, **removal.to_dict(), "params": arch.num_params(),
-            "heads": arch.num_heads(0), "kv_heads": [arch.num_kv_heads(l) for l in range(arch.num_layers)],
-            "ffn": arch.ffn[0], "hidden": arch.hidden_size, **extra}
+            "heads": layer_mean(arch.num_heads(l) for l in layers), "kv_heads": [arch.num_kv_heads(l) for l in layers],
+            "ffn": layer_mean(arch.ffn), "hidden": arch.hidden_size,
+            "heads_per_layer": [arch.num_heads(l) for l in layers], "ffn_per_layer": list(arch.ffn), **extra}
+
+
+def _widths(values) -> str:
+    """A width for the progress line: `8` when every layer has it, else `min-max`."""
+    values = list(values)
+    low, high = min(values), max(values)
+    return str(low) if low == high else f"{low}-{high}"
 
 
 class PruningHook:
@@ -75,8 +93,24 @@ class PruningHook:
                                           trainer.cfg.data.seq_length, trainer.topo.tp, trainer.topo.dp)
             if self.active(trainer):
                 self.hessians.attach(trainer.model.module, trainer.arch)
+        self.cosine = None
+        """`prune.layers: adaptive`: the window's per-layer input/output cosine sums."""
+        self.layer_plan = None
+        """The last adaptive increment's per-layer cosines and sparsities (for the event log)."""
+        if cfg.layers == "adaptive":
+            from pap.pruning.layer_cosine import LayerCosine
+
+            self.cosine = LayerCosine()
+            if self.active(trainer):
+                self._attach_cosine(trainer)
         trainer.after_backward_hooks.append(self.after_backward)
         trainer.after_step_hooks.append(self.after_step)
+
+    def _attach_cosine(self, trainer) -> None:
+        from megatron.core import parallel_state as ps
+
+        counts = trainer.cfg.parallel.sequence_parallel or ps.get_tensor_model_parallel_rank() == 0
+        self.cosine.attach(trainer.model.module, counts)
 
     def active(self, trainer) -> bool:
         return trainer.arch.num_params() > self.target
@@ -95,24 +129,30 @@ class PruningHook:
         start = time.time()
         scores = global_scores(self.accumulator, trainer.arch, dp_sharded=trainer.cfg.parallel.distributed_optimizer)
         # Choose the round's removals on the Arch alone, then cut them all in one rebuild.
-        arch, chosen = trainer.arch, []
-        while len(chosen) < self.cfg.prune_steps and arch.num_params() > self.target:
-            removal = choose(scores, arch, self.cfg.normalize, self.floors)
-            if removal is None:
-                break
-            arch = remove_from_arch(arch, removal)
-            chosen.append((removal, arch))
-            scores = scores_after(scores, removal)
+        if self.cfg.layers == "adaptive":
+            arch, chosen, scores = self._increment(trainer, scores)
+        else:
+            arch, chosen = trainer.arch, []
+            while len(chosen) < self.cfg.prune_steps and arch.num_params() > self.target:
+                removal = self._choose(scores, arch)
+                if removal is None:
+                    break
+                arch = remove_from_arch(arch, removal)
+                chosen.append((removal, arch))
+                scores = scores_after(scores, removal)
         if chosen and arch.num_params() <= self.target and self.cfg.final_multiple_of > 1:
             chosen += self._aligning(scores, arch)
         errors = [{}] * len(chosen)
+        if chosen and self.layer_plan is not None:  # the increment's first event carries its plan
+            errors[0] = dict(self.layer_plan)
         if chosen and self.hessians is not None:
             from pap.sharding.obs_round import apply_obs
 
             self.obs = apply_obs(trainer, self.hessians, chosen, self.cfg.hessian_damp)
             # The round solves each layer once for all its removals: the errors are per kind.
-            errors = [{"obs_error": self.obs.errors.get(removal.kind),
-                       "obs_error_plain": self.obs.plain_errors.get(removal.kind)} for removal, _ in chosen]
+            errors = [{**extra, "obs_error": self.obs.errors.get(removal.kind),
+                       "obs_error_plain": self.obs.plain_errors.get(removal.kind)}
+                      for (removal, _), extra in zip(chosen, errors)]
         if chosen:
             apply_removals(trainer, [removal for removal, _ in chosen])
         for (removal, after), extra in zip(chosen, errors):
@@ -121,6 +161,12 @@ class PruningHook:
             self._record(trainer, removal, after, extra)
         self.accumulator.reset()
         self.reached_now = not self.active(trainer)
+        if self.cosine is not None:
+            self.cosine.reset()
+            if self.reached_now:
+                self.cosine.detach()
+            elif chosen:
+                self._attach_cosine(trainer)
         if self.hessians is not None:
             self.hessians.reset()
         if self.hessians is not None and chosen:
@@ -141,6 +187,35 @@ class PruningHook:
             print(f"pruning round at iteration {trainer.iteration}: {len(chosen)} removal(s) in "
                   f"{self.round_seconds:.2f} s", flush=True)
 
+    def _choose(self, scores: GroupScores, arch, kinds=("attn", "ffn", "stem"), normalize="config",
+                align=None) -> Optional[Removal]:
+        """The next removal under `prune.layers` uniform or greedy."""
+        normalize = self.cfg.normalize if normalize == "config" else normalize
+        if self.cfg.layers == "uniform":
+            return choose(scores, arch, normalize, self.floors, kinds=kinds)
+        return choose_greedy(scores, arch, normalize, self.floors, kinds=kinds, align=align)
+
+    def _increment(self, trainer, scores: GroupScores):
+        """`prune.layers: adaptive`: one increment's removals, planned from the window's layer
+        cosines (reduced over every rank) and Taylor scores; stops at the target.
+        Returns (arch after, [(removal, arch after it)], scores of what is left)."""
+        from pap.pruning.adaptive import layer_sparsity, plan_increment
+
+        arch = trainer.arch
+        cosine = global_layer_cosine(self.cosine, arch)
+        budget = min(self.cfg.increment * arch.num_params(), arch.num_params() - self.target)
+        self.layer_plan = {"layer_cosine": cosine,
+                           "layer_sparsity": layer_sparsity(arch, cosine, self.cfg.adapt_amplitude, budget)}
+        chosen = []
+        for removal in plan_increment(scores, arch, cosine, self.cfg.increment, self.cfg.adapt_amplitude,
+                                      self.target, self.floors):
+            if arch.num_params() <= self.target:
+                break
+            arch = remove_from_arch(arch, removal)
+            chosen.append((removal, arch))
+            scores = scores_after(scores, removal)
+        return arch, chosen, scores
+
     def _aligning(self, scores: GroupScores, arch) -> list:
         """The round that reaches the target also takes the least salient extra FFN and hidden
         channels until those widths are multiples of `prune.final_multiple_of` (the fastest
@@ -148,7 +223,7 @@ class PruningHook:
         multiple, out = self.cfg.final_multiple_of, []
         for kind in ("ffn", "stem"):
             while aligning_kind(arch, multiple) == kind:
-                removal = choose(scores, arch, None, self.floors, kinds=(kind,))
+                removal = self._choose(scores, arch, kinds=(kind,), normalize=None, align=multiple)
                 if removal is None:  # at its floor: left unaligned
                     break
                 arch = remove_from_arch(arch, removal)
@@ -162,6 +237,8 @@ class PruningHook:
                  "removals": [r.to_dict() for r in self.removals]}
         if self.hessians is not None:
             state["hessians"] = self.hessians.state_dict()
+        if self.cosine is not None:
+            state["cosine"] = self.cosine.state_dict()
         return state
 
     def truncate_events(self, iteration: int) -> None:
@@ -176,6 +253,8 @@ class PruningHook:
         self.restore_removals(state["target"], state["removals"])
         if self.hessians is not None and "hessians" in state:
             self.hessians.load_state_dict(state["hessians"])
+        if self.cosine is not None and "cosine" in state:
+            self.cosine.load_state_dict(state["cosine"])
 
     def restore_removals(self, target: int, removals: List[dict]) -> None:
         """The target and the removals so far, as saved (`Removal.to_dict` form)."""
@@ -192,6 +271,10 @@ class PruningHook:
                   "pruning/heads": sum(arch.num_heads(l) for l in layers) / arch.num_layers,
                   "pruning/kv_heads": sum(arch.num_kv_heads(l) for l in layers) / arch.num_layers,
                   "pruning/ffn": sum(arch.ffn) / arch.num_layers, "pruning/hidden": arch.hidden_size}
+        if self.cfg.layers != "uniform":  # layers differ: each layer's width
+            for layer in layers:
+                values[f"pruning/heads_layer{layer}"] = arch.num_heads(layer)
+                values[f"pruning/ffn_layer{layer}"] = arch.ffn[layer]
         # Which types were removed: running counts per kind (a step's increments show that round's choice).
         for kind in ("attn", "ffn", "stem"):
             values[f"pruning/removed_{kind}"] = sum(r.kind == kind for r in self.removals)
@@ -212,8 +295,9 @@ class PruningHook:
 
     def shape_summary(self, trainer) -> str:
         arch = trainer.arch
-        return (f"params {arch.num_params() / 1e6:.2f}M heads {arch.num_heads(0)} "
-                f"kv {arch.num_kv_heads(0)} ffn {arch.ffn[0]} hidden {arch.hidden_size}")
+        return (f"params {arch.num_params() / 1e6:.2f}M heads {_widths(arch.num_heads(l) for l in range(arch.num_layers))} "
+                f"kv {_widths(arch.num_kv_heads(l) for l in range(arch.num_layers))} ffn {_widths(arch.ffn)} "
+                f"hidden {arch.hidden_size}")
 
     def _record(self, trainer, removal: Removal, arch, extra: Optional[dict] = None) -> None:
         """Log one removal; `arch` is the shape right after it."""
@@ -221,9 +305,10 @@ class PruningHook:
                               **(extra or {}))
         if trainer.topo.rank == 0:
             reached = " (target reached)" if arch.num_params() <= self.target else ""
+            layers = range(arch.num_layers)
             print(f"pruned {removal.kind} {list(removal.indices)} at iteration {trainer.iteration}: "
-                  f"{arch.num_params():,} params, heads {arch.num_heads(0)}, ffn {arch.ffn[0]}, "
-                  f"hidden {arch.hidden_size}{reached}", flush=True)
+                  f"{arch.num_params():,} params, heads {_widths(arch.num_heads(l) for l in layers)}, "
+                  f"ffn {_widths(arch.ffn)}, hidden {arch.hidden_size}{reached}", flush=True)
             if self.events_file:
                 with open(self.events_file, "a") as f:
                     f.write(json.dumps(event) + "\n")

@@ -58,7 +58,9 @@ def removed_slices(name: str, dims: int, arch: Arch, removal: Removal) -> Option
     if removal.kind == "attn":
         if layer is None:
             return None
-        head = removal.indices[layer]
+        head = removal.layer_index(layer)
+        if head is None:
+            return None
         if leaf == "self_attention.linear_qkv.weight":
             return 0, _qkv_rows_of_head(arch.heads_per_group[layer], head, d)
         if leaf == "self_attention.linear_proj.weight":
@@ -67,7 +69,9 @@ def removed_slices(name: str, dims: int, arch: Arch, removal: Removal) -> Option
     if removal.kind == "ffn":
         if layer is None:
             return None
-        channel = removal.indices[layer]
+        channel = removal.layer_index(layer)
+        if channel is None:
+            return None
         if leaf == "mlp.linear_fc1.weight":
             return 0, (channel, arch.ffn[layer] + channel)
         if leaf == "mlp.linear_fc2.weight":

@@ -15,13 +15,16 @@ parameters it would remove; floors keep a dimension from shrinking below a minim
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
 
 from pap.arch import Arch
 
 KINDS = ("attn", "ffn", "stem")
+UNTOUCHED = -1
+"""An attn/ffn removal's index for a layer it leaves whole (`prune.layers: greedy | adaptive`
+remove one head or channel of one layer; `uniform` one of every layer)."""
 
 
 @dataclass(frozen=True)
@@ -49,12 +52,18 @@ class GroupScores:
 
 @dataclass(frozen=True)
 class Removal:
-    """One minimal group: `kind`, and the removed index per layer (attn/ffn) or the hidden index."""
+    """One minimal group: `kind`, and the removed index per layer (attn/ffn; `UNTOUCHED` for a
+    layer it leaves whole) or the hidden index."""
 
     kind: str
     indices: tuple
     score: float
     candidates: tuple  # (S_attn, S_ffn, S_stem), inf where not allowed
+
+    def layer_index(self, layer: int) -> Optional[int]:
+        """The head or channel this attn/ffn removal takes from `layer`, or None."""
+        index = self.indices[layer]
+        return None if index == UNTOUCHED else index
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "indices": list(self.indices), "score": self.score,
@@ -64,13 +73,14 @@ class Removal:
 def remove_from_arch(arch: Arch, removal: Removal) -> Arch:
     """The architecture after `removal` (a KV head goes when its last query head goes)."""
     if removal.kind == "ffn":
-        return replace(arch, ffn=[w - 1 for w in arch.ffn])
+        return replace(arch, ffn=[w - (i != UNTOUCHED) for w, i in zip(arch.ffn, removal.indices)])
     if removal.kind == "stem":
         return replace(arch, hidden_size=arch.hidden_size - 1)
     groups = []
     for layer, head in enumerate(removal.indices):
         counts = list(arch.heads_per_group[layer])
-        counts[head_group(counts, head)] -= 1
+        if head != UNTOUCHED:
+            counts[head_group(counts, head)] -= 1
         groups.append(counts)
     return replace(arch, heads_per_group=groups)
 
@@ -127,6 +137,76 @@ def choose(scores: GroupScores, arch: Arch, normalize: Optional[str] = None,
         raise ValueError(f"normalize must be None or 'params', got {normalize!r}")
     best = min(range(3), key=lambda k: (ranked[k], k))
     return Removal(KINDS[best], picks[best], candidates[best], tuple(candidates))
+
+
+def one_layer(kind: str, arch: Arch, layer: int, index: int) -> tuple:
+    """`Removal.indices` of a removal that takes `index` from `layer` only."""
+    indices = [UNTOUCHED] * arch.num_layers
+    indices[layer] = index
+    return tuple(indices)
+
+
+def head_costs(heads_per_group: List[int], hidden: int, head_dim: int) -> torch.Tensor:
+    """Parameters removed with each query head of a layer (its K/V rows too when it is the
+    last head of its group)."""
+    unit = 2 * hidden * head_dim
+    return torch.tensor([float(unit * (2 if n == 1 else 1)) for n in heads_per_group for _ in range(n)],
+                        dtype=torch.float64)
+
+
+def choose_greedy(scores: GroupScores, arch: Arch, normalize: Optional[str] = None,
+                  floors: Floors = Floors(), kinds: Sequence[str] = KINDS,
+                  align: Optional[int] = None) -> Optional[Removal]:
+    """`prune.layers: greedy`: the least salient single group of the whole model, a head or
+    FFN channel of one layer (its own score) or a hidden channel, or None at the floors.
+
+    Eq. 10 with the per-layer minima not summed: every head of every layer competes with
+    every FFN channel and hidden channel. `normalize="params"` divides each score by the
+    parameters that group takes. `align`: only FFN channels of layers whose width is not a
+    multiple of it compete (the alignment removals of `prune.final_multiple_of`). Ties go
+    to the lowest (kind, layer, index), kinds ordered attn < ffn < stem.
+    """
+    if normalize not in (None, "params"):
+        raise ValueError(f"normalize must be None or 'params', got {normalize!r}")
+    inf = float("inf")
+    best = [(inf, None, None)] * 3  # per kind: (ranked score, layer, index)
+    for layer in range(arch.num_layers):
+        counts = arch.heads_per_group[layer]
+        if "attn" in kinds and arch.num_heads(layer) > floors.heads:
+            ranked = scores.attn[layer].double()
+            if normalize == "params":
+                ranked = ranked / head_costs(counts, arch.hidden_size, arch.head_dim)
+            ranked = ranked.masked_fill(~_removable_heads(counts, floors.kv_heads, ranked.device), inf)
+            head = int(torch.argmin(ranked))
+            if float(ranked[head]) < best[0][0]:
+                best[0] = (float(ranked[head]), layer, head)
+        if "ffn" in kinds and arch.ffn[layer] > floors.ffn and (align is None or arch.ffn[layer] % align):
+            ranked = scores.ffn[layer].double() / (3 * arch.hidden_size if normalize == "params" else 1)
+            channel = int(torch.argmin(ranked))
+            if float(ranked[channel]) < best[1][0]:
+                best[1] = (float(ranked[channel]), layer, channel)
+    if "stem" in kinds and arch.hidden_size > floors.hidden:
+        channel = int(torch.argmin(scores.stem))
+        ranked = float(scores.stem[channel])
+        if normalize == "params":
+            ranked /= arch.num_params() - replace(arch, hidden_size=arch.hidden_size - 1).num_params()
+        best[2] = (ranked, None, channel)
+    if all(b[0] == inf for b in best):
+        return None
+    raw = [inf] * 3
+    picks = []
+    for k, (ranked, layer, index) in enumerate(best):
+        if ranked == inf:
+            picks.append(())
+            continue
+        if k == 2:
+            raw[k], pick = float(scores.stem[index]), (index,)
+        else:
+            raw[k] = float((scores.attn if k == 0 else scores.ffn)[layer][index])
+            pick = one_layer(KINDS[k], arch, layer, index)
+        picks.append(pick)
+    k = min(range(3), key=lambda k: (best[k][0], k))
+    return Removal(KINDS[k], picks[k], raw[k], tuple(raw))
 
 
 def aligning_kind(arch: Arch, multiple: int) -> Optional[str]:

@@ -71,6 +71,8 @@ def affected_columns(removal: Removal, arch: Arch, blocks: Sequence[Key]) -> Lis
     out = []
     for key in blocks:
         kind, layer = key
+        if kind in ("proj", "fc2") and removal.kind in ("attn", "ffn") and removal.layer_index(layer) is None:
+            continue  # a layer this removal leaves whole (prune.layers: greedy | adaptive)
         if removal.kind == "attn" and kind == "proj":
             head = removal.indices[layer]
             out.append((key, list(range(head * arch.head_dim, (head + 1) * arch.head_dim))))

@@ -68,9 +68,14 @@ def save_window(hook, trainer, directory: Path) -> None:
     model = trainer.model.module
     dp_sharded = trainer.cfg.parallel.distributed_optimizer
     sums = global_scores(acc, trainer.arch, dp_sharded, mean=False) if acc.steps else None
+    cosine = None
+    if getattr(hook, "cosine", None) is not None:
+        from pap.sharding.reduce_saliency import layer_cosine_totals
+
+        cosine = layer_cosine_totals(hook.cosine, trainer.arch)
     if dist.get_rank() == 0:
         torch.save({"steps": acc.steps, "metric": acc.metric, "target": hook.target,
-                    "removals": [r.to_dict() for r in hook.removals],
+                    "removals": [r.to_dict() for r in hook.removals], "cosine": cosine,
                     "sums": None if sums is None else {"attn": [v.cpu() for v in sums.attn],
                                                        "ffn": [v.cpu() for v in sums.ffn],
                                                        "stem": sums.stem.cpu()}},
@@ -103,6 +108,12 @@ def load_window(hook, trainer, directory: Path) -> bool:
     acc = hook.accumulator
     if state["metric"] != acc.metric:
         return False  # scores of another metric cannot be continued
+    if getattr(hook, "cosine", None) is not None:
+        # The global totals go to global rank 0; every other rank adds zeros at the reduction.
+        hook.cosine.reset()
+        if state.get("cosine") is not None and dist.get_rank() == 0:
+            sums, tokens = state["cosine"]
+            hook.cosine.load_state_dict({"sums": dict(enumerate(sums)), "tokens": dict(enumerate(tokens))})
     acc.reset()
     acc.steps = state["steps"]
     if not acc.steps:

@@ -70,3 +70,33 @@ def global_scores(acc: SaliencyAccumulator, arch: Arch, dp_sharded: bool = False
     flat = flat.cpu() / (max(acc.steps, 1) if mean else 1)
     pieces = list(torch.split(flat, lengths))
     return GroupScores(attn=pieces[:layers], ffn=pieces[layers:2 * layers], stem=pieces[-1])
+
+
+
+def layer_cosine_totals(cosine, arch: Arch):
+    """(cosine sums, token counts) per layer of the whole global batch over the window
+    (`pap.pruning.layer_cosine`), identical on every rank: one float64 SUM all-reduce of
+    both over DP (every DP rank saw other sequences), TP and PP (ranks that did not count
+    add zeros)."""
+    from megatron.core import parallel_state as ps
+
+    from pap.sharding.full_state import collective_device
+
+    layers = arch.num_layers
+    flat = torch.zeros(2 * layers, dtype=torch.float64)
+    for layer, total in cosine.sums.items():
+        flat[layer] = total
+        flat[layers + layer] = cosine.tokens[layer]
+    flat = flat.to(collective_device())
+    for group in (ps.get_data_parallel_group(), ps.get_tensor_model_parallel_group(),
+                  ps.get_pipeline_model_parallel_group()):
+        if dist.get_world_size(group) > 1:
+            dist.all_reduce(flat, group=group)
+    flat = flat.cpu()
+    return flat[:layers].tolist(), flat[layers:].tolist()
+
+
+def global_layer_cosine(cosine, arch: Arch) -> List[float]:
+    """Each layer's mean cos(input, output) over the window's tokens (1.0 where none counted)."""
+    sums, tokens = layer_cosine_totals(cosine, arch)
+    return [s / t if t > 0 else 1.0 for s, t in zip(sums, tokens)]

@@ -74,3 +74,35 @@ def make_checkpoint(arch_json: str, out: str, seed: int = 3):
     checkpoint.save(out, 0, 0, arch, model, None, None, layout={"tp": 1, "pp": 1, "dp": 1,
                                                                 "distributed_optimizer": False},
                     config={"model": dataclasses.asdict(model_cfg)})
+
+
+def layer_cosines(ckpt: str, tokens: torch.Tensor, amplitude: float, increment: float):
+    """pap's per-layer input/output cosine means of the checkpoint's model on `tokens` (one
+    training-mode forward at TP=1) and the adaptive sparsities planned from them."""
+    import dataclasses
+
+    from pap import checkpoint
+    from pap.config import DataConfig, ModelConfig, PapConfig, ParallelConfig
+    from pap.distributed import init_distributed
+    from pap.pruning.adaptive import layer_sparsity
+    from pap.pruning.layer_cosine import LayerCosine
+    from pap.sharding.reduce_saliency import global_layer_cosine
+
+    init_distributed(1, 1, seed=0)
+    source = checkpoint.read(ckpt)
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    model_cfg = ModelConfig(**{k: v for k, v in source.config["model"].items() if k in known})
+    model_cfg.params_dtype = "fp32"
+    cfg = PapConfig(model=model_cfg, parallel=ParallelConfig(), data=DataConfig(blend=["-"], seq_length=tokens.shape[1]))
+    from pap.model import build_model
+
+    model = build_model(source.arch, cfg)
+    checkpoint.load_model(source, model)
+    cosine = LayerCosine()
+    cosine.attach(model, counts=True)
+    model.train()
+    positions = torch.arange(tokens.shape[1]).unsqueeze(0).expand_as(tokens)
+    model(tokens, positions, None)
+    means = global_layer_cosine(cosine, source.arch)
+    budget = increment * source.arch.num_params()
+    return means, layer_sparsity(source.arch, means, amplitude, budget)
