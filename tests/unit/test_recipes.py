@@ -79,3 +79,21 @@ def test_1_7b_recipes_allow_tp2_as_is(name):
     cfg = load_config(RECIPES / f"{name}.yaml", ["parallel.tp=2"])
     for gpus in (32, 64):
         ensure_world_fits(cfg, gpus)
+
+
+def test_adapt_recipe_is_the_469m_run_with_adaptive_layers():
+    """adapt_469m.yaml: pap_469m's run (source, batch, budget) with prune.layers=adaptive, and
+    enough increments x grad_steps to last the EfficientLLM-469M pruning stage's tokens."""
+    import math
+
+    adapt, pap = load_config(RECIPES / "adapt_469m.yaml"), load_config(RECIPES / "pap_469m.yaml")
+    assert (adapt.model, adapt.data, adapt.train) == (pap.model, pap.data, pap.train)
+    pr = adapt.prune
+    assert pr.layers == "adaptive" and pr.metric == "first" and pr.increment == 0.05
+    arch = Arch.from_model_config(adapt.model)
+    fixed = arch.num_params() - sum(arch.layer_params(l) for l in range(arch.num_layers))
+    increments = math.ceil(math.log(pr.target_params / arch.num_params()) / math.log(1 - pr.increment))
+    assert fixed < pr.target_params
+    tokens = increments * pr.grad_steps * adapt.train.global_batch_size * adapt.data.seq_length
+    assert abs(tokens - PAPER["pap_469m"][2]) <= 0.02 * PAPER["pap_469m"][2]
+    ensure_world_fits(adapt, 32)

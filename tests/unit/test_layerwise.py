@@ -1,0 +1,77 @@
+"""`prune.layers: greedy | adaptive`: the choice rules against direct restatements, and
+removals that leave layers whole (index -1)."""
+
+import pytest
+
+import torch
+
+from pap.arch import Arch
+from pap.pruning.adaptive import allocate, layer_weights, plan_increment
+from pap.pruning.remove import kept_indices
+from pap.pruning.select import UNTOUCHED, Floors, GroupScores, Removal, choose_greedy, remove_from_arch
+
+
+def arch():
+    return Arch(vocab_size=256, padded_vocab_size=256, hidden_size=16, head_dim=4,
+                heads_per_group=[[2, 2], [3, 1], [1, 1]], ffn=[8, 6, 5], tie_embeddings=False)
+
+
+def scores(a, seed):
+    g = torch.Generator().manual_seed(seed)
+    return GroupScores(attn=[torch.rand(a.num_heads(l), generator=g, dtype=torch.float64) for l in range(3)],
+                       ffn=[torch.rand(w, generator=g, dtype=torch.float64) for w in a.ffn],
+                       stem=torch.rand(16, generator=g, dtype=torch.float64) * 3)
+
+
+def test_greedy_is_the_least_salient_single_group():
+    a = arch()
+    for seed in range(6):
+        s = scores(a, seed)
+        for normalize in (None, "params"):
+            removal = choose_greedy(s, a, normalize)
+            # Restated: every single group with the parameters it removes, the smallest ranked.
+            options = []
+            for l in range(3):
+                for h in range(a.num_heads(l)):
+                    r = Removal("attn", tuple(h if m == l else UNTOUCHED for m in range(3)), 0.0, ())
+                    options.append((s.attn[l][h].item(), r))
+                for j in range(a.ffn[l]):
+                    r = Removal("ffn", tuple(j if m == l else UNTOUCHED for m in range(3)), 0.0, ())
+                    options.append((s.ffn[l][j].item(), r))
+            options += [(s.stem[i].item(), Removal("stem", (i,), 0.0, ())) for i in range(16)]
+            if normalize:
+                options = [(v / (a.num_params() - remove_from_arch(a, r).num_params()), r) for v, r in options]
+            best = min(options, key=lambda o: o[0])[1]
+            assert (removal.kind, removal.indices) == (best.kind, best.indices)
+
+
+def test_greedy_respects_floors_per_layer():
+    a = arch()
+    s = scores(a, 0)
+    s.ffn[2][:] = -1.0  # layer 2's channels are the cheapest, but layer 2 is at its floor
+    removal = choose_greedy(s, a, floors=Floors(ffn=5, heads=2, hidden=16, kv_heads=2), kinds=("ffn",))
+    assert removal.kind == "ffn" and removal.indices[2] == UNTOUCHED
+
+
+def test_untouched_layers_keep_their_tensors():
+    a = arch()
+    removal = Removal("attn", (UNTOUCHED, 3, UNTOUCHED), 0.0, ())
+    after = remove_from_arch(a, removal)
+    assert after.heads_per_group == [[2, 2], [3, 0], [1, 1]] and after.ffn == a.ffn
+    assert kept_indices("decoder.layers.0.self_attention.linear_qkv.weight", (32, 16), a, [removal]) == [None, None]
+    rows, _ = kept_indices("decoder.layers.1.self_attention.linear_qkv.weight", (32, 16), a, [removal])
+    assert len(rows) == 32 - 12  # the last head of its group takes its K and V rows too
+
+
+def test_adaptive_prunes_similar_layers_more():
+    assert layer_weights([0.9, 0.5, 0.7], 0.5) == pytest.approx([1.5, 0.5, 1.0])
+    assert allocate([1.4, 0.4, 0.3], [5, 5, 5]) == [2, 0, 0]  # 2.1 -> 2: floors, then largest remainder
+    a = Arch(vocab_size=256, padded_vocab_size=256, hidden_size=16, head_dim=4,
+             heads_per_group=[[4, 4]] * 3, ffn=[64] * 3, tie_embeddings=False)
+    removals = plan_increment(scores(a, 1), a, [0.95, 0.2, 0.6], 0.1, 0.5, 0)
+    per_layer = [sum(r.indices[l] != UNTOUCHED for r in removals if r.kind == "ffn") for l in range(3)]
+    assert per_layer[0] > per_layer[2] > per_layer[1]
+    after = a
+    for r in removals:
+        after = remove_from_arch(after, r)
+    assert 0.05 * a.num_params() < a.num_params() - after.num_params() < 0.15 * a.num_params()
