@@ -65,7 +65,7 @@ def test_untouched_layers_keep_their_tensors():
 
 def test_adaptive_prunes_similar_layers_more():
     assert layer_weights([0.9, 0.5, 0.7], 0.5) == pytest.approx([1.5, 0.5, 1.0])
-    assert allocate([1.4, 0.4, 0.3], [5, 5, 5]) == [2, 0, 0]  # 2.1 -> 2: floors, then largest remainder
+    assert allocate([1.6, 0.4, 0.3], [5, 5, 5]) == [2, 0, 0]  # 2.3 -> 2: floors, then largest remainder
     a = Arch(vocab_size=256, padded_vocab_size=256, hidden_size=16, head_dim=4,
              heads_per_group=[[4, 4]] * 3, ffn=[64] * 3, tie_embeddings=False)
     removals = plan_increment(scores(a, 1), a, [0.95, 0.2, 0.6], 0.1, 0.5, 0)
