@@ -112,6 +112,11 @@ def _starting_shape(state: Optional[dict], events: List[dict], shapes: List[Shap
         return ShapePoint(0, shapes[0].params, shapes[0].heads, shapes[0].ffn, shapes[0].hidden)
     first = events[0]  # undo the first removal: one head or FFN channel per layer, or one hidden channel
     kind = first["kind"]
+    if "heads_per_layer" in first and kind in ("attn", "ffn"):  # it may have left layers whole (-1)
+        touched = [i != -1 for i in first["indices"]]
+        heads = [h + (kind == "attn" and t) for h, t in zip(first["heads_per_layer"], touched)]
+        ffn = [f + (kind == "ffn" and t) for f, t in zip(first["ffn_per_layer"], touched)]
+        return ShapePoint(0, math.nan, sum(heads) / len(heads), sum(ffn) / len(ffn), first["hidden"])
     return ShapePoint(0, math.nan, first["heads"] + (kind == "attn"), first["ffn"] + (kind == "ffn"),
                       first["hidden"] + (kind == "stem"))
 
@@ -172,7 +177,14 @@ def draw(run: Run, out: Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    per_layer = [e for e in run.events if "heads_per_layer" in e]
+    uneven = any(len(set(e["heads_per_layer"])) > 1 or len(set(e["ffn_per_layer"])) > 1 for e in per_layer)
+    if uneven:  # layers of different widths (prune.layers greedy | adaptive): a panel of per-layer widths
+        fig, axes = plt.subplots(1, 4, figsize=(22, 4.5))
+        left, right = axes[0], axes[1]
+        _draw_layers(per_layer, axes[2], axes[3])
+    else:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     rounds: Dict[int, dict] = {}
     for event in run.events:  # a round's first removal carries the candidates the round chose from
         rounds.setdefault(event["iteration"], event)
@@ -194,7 +206,7 @@ def draw(run: Run, out: Path) -> Path:
         right.plot([p.tokens for p in points], [1 - getattr(p, attr) / initial for p in points], label=label)
     right.set(title="pruning ratio", xlabel="tokens", ylabel="1 - current / starting", ylim=(0, 1))
     right.legend()
-    for axes in (left, right):
+    for axes in (left, right, *(fig.axes[3:4] if uneven else [])):
         axes.xaxis.set_major_formatter(FuncFormatter(lambda x, _: human(x)))
     fig.suptitle(f"pruning-aware pretraining: {run.run_dir}")
     fig.tight_layout()
@@ -204,6 +216,26 @@ def draw(run: Run, out: Path) -> Path:
     plt.close(fig)
     partial.replace(out)  # never leave a half-written PNG under the final name
     return out
+
+
+def _draw_layers(events: List[dict], final, over_time) -> None:
+    """Heads and FFN channels of each layer after the last removal (bars, FFN on a second
+    axis), and each layer's FFN width over tokens."""
+    last = events[-1]
+    layers = range(len(last["ffn_per_layer"]))
+    final.bar([l - 0.2 for l in layers], last["heads_per_layer"], width=0.4, label="query heads")
+    twin = final.twinx()
+    twin.bar([l + 0.2 for l in layers], last["ffn_per_layer"], width=0.4, color="tab:orange", label="FFN channels")
+    final.set(title="per-layer width at the end", xlabel="layer", ylabel="query heads")
+    twin.set_ylabel("FFN channels")
+    final.legend(loc="upper left")
+    twin.legend(loc="upper right")
+    tokens = [e["tokens"] for e in events]
+    for layer in layers:
+        over_time.plot(tokens, [e["ffn_per_layer"][layer] for e in events], linewidth=1, label=f"layer {layer}")
+    over_time.set(title="per-layer FFN width", xlabel="tokens", ylabel="FFN channels")
+    if len(layers) <= 12:
+        over_time.legend(fontsize="small")
 
 
 def plot_run(run_dir, out=None) -> Path:
