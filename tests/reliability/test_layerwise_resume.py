@@ -18,8 +18,8 @@ pytestmark = pytest.mark.slow
 
 ITERS = 8
 MODES = {
-    # Three single-group removals per two-step window; the FFN floor (2 channels a layer)
-    # makes heads or a hidden channel go after step 4, so every kind may come up.
+    # Three single-group removals per two-step window; the FFN floor (126 of 128: two channels
+    # a layer may go) makes heads and hidden channels go from step 6, so every kind comes up.
     "greedy": {"layers": "greedy", "normalize": "params", "metric": "mix", "prune_steps": 3, "min_ffn": 126,
                "min_heads": 2, "min_kv_heads": 2, "min_hidden": 62},
     # One increment of 5% of the parameters per two-step window (rounds at 2, 4, 6, 8).
