@@ -18,7 +18,11 @@ the same validation set:
 
 With `--obs`, EfficientLLM-B against A: (aB) is (a) with `prune.update: obs`, and both
 are run again with the budget doubled (`a_pap_long`, `aB_pap_long`: 2T, the same pruning
-stage followed by a continued stage twice as long). `--skip-baselines` leaves out
+stage followed by a continued stage twice as long). With `--layers`, per-layer widths: (g) is (a) with `prune.layers: greedy` (one head or
+FFN channel of one layer per removal), (ad) is Adapt-Pruner (`prune.layers: adaptive`,
+metric `first`, increments of 5% of the parameters every `--adaptive-k` steps), both at
+the same target and budget, with the resulting heads and FFN width of every layer.
+`--skip-baselines` leaves out
 (a2), (a4), (b) and (c). Every pap run reports its validation loss right after the
 pruning stage as well as at T.
 
@@ -135,10 +139,10 @@ class Bench:
         source = self.train("source", merged(self.base, train=source_lr))
         from_source = merged(self.base, train=derived_lr, checkpoint={"init_from": str(source)})
 
-        def pap(name, k, p, update="none", budget=1):
+        def pap(name, k, p, update="none", budget=1, **prune):
             return self.train(name, merged(from_source, train=schedule(budget * a.iters, 1e-3, 1e-4), prune={
                 "enabled": True, "metric": a.metric, "target_params": a.target, "grad_steps": k, "prune_steps": p,
-                "update": update}))
+                "update": update, **prune}))
 
         def oneshot_then_train():
             ckpt = self.out / "oneshot_ckpt"
@@ -153,6 +157,12 @@ class Bench:
             if a.obs:
                 jobs = [pool.submit(pap, "a_pap", 2, 8), pool.submit(pap, "aB_pap", 2, 8, "obs"),
                         pool.submit(pap, "a_pap_long", 2, 8, "none", 2), pool.submit(pap, "aB_pap_long", 2, 8, "obs", 2)]
+                for job in jobs:
+                    job.result()
+            if a.layers:
+                jobs = [pool.submit(pap, "g_pap", 2, 8, layers="greedy"),
+                        pool.submit(pap, "ad_pap", a.adaptive_k, 1, layers="adaptive", metric="first",
+                                    increment=0.05)]
                 for job in jobs:
                     job.result()
             if a.skip_baselines:
@@ -182,7 +192,9 @@ class Bench:
                 ("(a4) pap, k=1 : p=16 (4x fewer)", "a4_pap", None),
                 ("(b) (a)'s architecture from scratch", "b_scratch", "—"),
                 ("(c) one-shot pruning of the source, then training", "c_oneshot", "0 (one shot)"),
-                ("(a) at 2T", "a_pap_long", None), ("(aB) at 2T", "aB_pap_long", None)]
+                ("(a) at 2T", "a_pap_long", None), ("(aB) at 2T", "aB_pap_long", None),
+                ("(g) pap, greedy layers, k=2 : p=8", "g_pap", None),
+                ("(ad) Adapt-Pruner layers (metric first, 5% increments)", "ad_pap", None)]
         lines = [f"T = {a.iters} steps x 16 x 128 = {tokens:,} tokens per derived run (source: {a.source_iters} steps); "
                  f"target {a.target} of the source; metric {a.metric}; validation loss on 8 x 16 x 128 held-out tokens.",
                  "", "| run | parameters | pruning stage (steps, removals) | validation loss after the pruning stage "
@@ -200,6 +212,16 @@ class Bench:
             wall = f"{seconds:.0f}" if seconds else "(earlier run)"
             lines.append(f"| {label} | {self.params(name):,} | {stage} | {after_stage} | "
                          f"{self.final_loss(name):.4f} | {wall} |")
+        shaped = [(label, name) for label, name, _ in rows if name in ("a_pap", "g_pap", "ad_pap")
+                  and self.final_loss(name) is not None]
+        if len(shaped) > 1:
+            lines += ["", "| run | query heads per layer | FFN width per layer | hidden |", "|---|---|---|---|"]
+            from pap import checkpoint
+
+            for label, name in shaped:
+                arch = checkpoint.read(str(self.out / name)).arch
+                heads = [arch.num_heads(l) for l in range(arch.num_layers)]
+                lines.append(f"| {label} | {heads} | {arch.ffn} | {arch.hidden_size} |")
         oneshot_log = self.out / "oneshot_ckpt.log"
         if oneshot_log.is_file():
             text = oneshot_log.read_text()
@@ -220,6 +242,8 @@ def main() -> int:
     parser.add_argument("--calib-batches", type=int, default=8)
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time")
     parser.add_argument("--obs", action="store_true", help="add EfficientLLM-B (prune.update=obs) vs A, at T and 2T")
+    parser.add_argument("--layers", action="store_true", help="add greedy and adaptive per-layer pruning")
+    parser.add_argument("--adaptive-k", type=int, default=9, help="steps between adaptive increments")
     parser.add_argument("--skip-baselines", action="store_true", help="only the source and the pap runs")
     parser.add_argument("--quick", action="store_true", help="a ~3-minute smoke run (tiny budgets)")
     args = parser.parse_args()

@@ -32,6 +32,29 @@ def test_live_rounds_reach_the_least_squares_optimum(random_dataset):
         assert err <= 1e-5, (kinds, key, err)
 
 
+def test_one_layer_removals_update_only_that_layer(random_dataset):
+    """`prune.layers: greedy` takes one head or channel of one layer per removal: the update
+    reaches the least-squares optimum on that layer and leaves the others to the cut alone."""
+    cfg = _obs(random_dataset, {"tp": 1, "pp": 1}, hessian_tokens=8 * 32, hessian_damp=0.0,
+               layers="greedy", prune_steps=2, min_ffn=126)
+    results = run_distributed(obs_rounds_against_least_squares, 1, cfg, 3)[0]
+    assert results and all(err <= 1e-5 for _, _, _, err in results), results
+    # Three rounds of two one-layer removals: at most six layers updated (uniform: twelve).
+    assert len(results) <= 6, results
+
+
+def test_greedy_layers_with_obs_match_across_tensor_parallel_ranks(random_dataset):
+    """Per-layer removals and the OBS update together: TP=2 as TP=1 (weights, losses, errors)."""
+    reference = run_distributed(obs_pruning_run, 1, _obs(random_dataset, {"tp": 1, "pp": 1}, layers="greedy"), STEPS)[0]
+    got = run_distributed(obs_pruning_run, 2, _obs(random_dataset, {"tp": 2, "pp": 1}, layers="greedy"), STEPS)[0]
+    assert got["removals"] == reference["removals"] and any(-1 in r[1] for r in reference["removals"])
+    for name, value in reference["params"].items():
+        err = ((got["params"][name] - value).abs().max() / value.abs().max()).item()
+        assert err <= 1e-4, f"{name}: {err:.2e}"
+    for a, b in zip(got["losses"], reference["losses"]):
+        assert abs(a - b) <= 1e-4
+
+
 def test_several_removals_in_a_round_compose_to_the_joint_optimum(random_dataset):
     """Three removals per round, two of them from the same layers' FFN inputs: each applied on
     the weights the previous one left, with H restricted to the columns still there, they
