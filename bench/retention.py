@@ -19,7 +19,7 @@ the same validation set:
 With `--obs`, EfficientLLM-B against A: (aB) is (a) with `prune.update: obs`, and both
 are run again with the budget doubled (`a_pap_long`, `aB_pap_long`: 2T, the same pruning
 stage followed by a continued stage twice as long). With `--layers`, per-layer widths: (g) is (a) with `prune.layers: greedy` (one head or
-FFN channel of one layer per removal), (ad) is Adapt-Pruner (`prune.layers: adaptive`,
+FFN channel of one layer per removal, so p = 8 x layers to remove as many groups per round), (ad) is Adapt-Pruner (`prune.layers: adaptive`,
 metric `first`, increments of 5% of the parameters every `--adaptive-k` steps), both at
 the same target and budget, with the resulting heads and FFN width of every layer.
 `--skip-baselines` leaves out
@@ -160,9 +160,16 @@ class Bench:
                 for job in jobs:
                     job.result()
             if a.layers:
-                jobs = [pool.submit(pap, "g_pap", 2, 8, layers="greedy"),
+                # Adapt-Pruner prunes heads and FFN channels only, so the three modes meet at a
+                # target every one of them can reach (`--layers-target`). One greedy removal
+                # takes one layer's group where a uniform one takes every layer's: p = 8 x layers
+                # removes as many groups per round as the uniform run.
+                layers = self.base["model"]["num_layers"]
+                target = {"target_params": a.layers_target}
+                jobs = [pool.submit(pap, "u_pap", 2, 8, **target),
+                        pool.submit(pap, "g_pap", 2, 8 * layers, layers="greedy", **target),
                         pool.submit(pap, "ad_pap", a.adaptive_k, 1, layers="adaptive", metric="first",
-                                    increment=0.05)]
+                                    increment=0.05, **target)]
                 for job in jobs:
                     job.result()
             if a.skip_baselines:
@@ -193,8 +200,10 @@ class Bench:
                 ("(b) (a)'s architecture from scratch", "b_scratch", "—"),
                 ("(c) one-shot pruning of the source, then training", "c_oneshot", "0 (one shot)"),
                 ("(a) at 2T", "a_pap_long", None), ("(aB) at 2T", "aB_pap_long", None),
-                ("(g) pap, greedy layers, k=2 : p=8", "g_pap", None),
-                ("(ad) Adapt-Pruner layers (metric first, 5% increments)", "ad_pap", None)]
+                (f"(u) uniform layers (as a), target {a.layers_target}", "u_pap", None),
+                (f"(g) greedy layers, k=2 : p=8 x layers, target {a.layers_target}", "g_pap", None),
+                (f"(ad) adaptive layers (Adapt-Pruner: metric first, 5% increments every {a.adaptive_k} steps), "
+                 f"target {a.layers_target}", "ad_pap", None)]
         lines = [f"T = {a.iters} steps x 16 x 128 = {tokens:,} tokens per derived run (source: {a.source_iters} steps); "
                  f"target {a.target} of the source; metric {a.metric}; validation loss on 8 x 16 x 128 held-out tokens.",
                  "", "| run | parameters | pruning stage (steps, removals) | validation loss after the pruning stage "
@@ -212,7 +221,7 @@ class Bench:
             wall = f"{seconds:.0f}" if seconds else "(earlier run)"
             lines.append(f"| {label} | {self.params(name):,} | {stage} | {after_stage} | "
                          f"{self.final_loss(name):.4f} | {wall} |")
-        shaped = [(label, name) for label, name, _ in rows if name in ("a_pap", "g_pap", "ad_pap")
+        shaped = [(label, name) for label, name, _ in rows if name in ("u_pap", "g_pap", "ad_pap")
                   and self.final_loss(name) is not None]
         if len(shaped) > 1:
             lines += ["", "| run | query heads per layer | FFN width per layer | hidden |", "|---|---|---|---|"]
@@ -243,6 +252,7 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time")
     parser.add_argument("--obs", action="store_true", help="add EfficientLLM-B (prune.update=obs) vs A, at T and 2T")
     parser.add_argument("--layers", action="store_true", help="add greedy and adaptive per-layer pruning")
+    parser.add_argument("--layers-target", type=float, default=0.6, help="target of the --layers runs")
     parser.add_argument("--adaptive-k", type=int, default=9, help="steps between adaptive increments")
     parser.add_argument("--skip-baselines", action="store_true", help="only the source and the pap runs")
     parser.add_argument("--quick", action="store_true", help="a ~3-minute smoke run (tiny budgets)")
