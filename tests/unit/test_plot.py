@@ -192,3 +192,25 @@ def test_a_real_run(tmp_path, random_dataset):
     assert f"removals: {len(events)} (" in plot.stdout
     run = load_run(run_dir)  # the continued-pretraining steps after the target are left out
     assert run.shapes[-1].tokens == events[-1]["iteration"] * 8 * 32 < 8 * 8 * 32
+
+
+def test_layers_of_different_widths_get_the_per_layer_panels(tmp_path, monkeypatch):
+    """Events with per-layer widths that differ (greedy, adaptive) draw the per-layer panels
+    from them; equal widths do not."""
+    import pap.plot
+
+    drawn = []
+    original = pap.plot._draw_layers
+    monkeypatch.setattr(pap.plot, "_draw_layers", lambda events, *axes: (drawn.append(events), original(events, *axes)))
+    run_dir = write_run(tmp_path / "uniform")
+    plot_run(run_dir)
+    assert drawn == []
+    run_dir = write_run(tmp_path / "layers")
+    events = [json.loads(l) for l in (run_dir / "pruning_events.jsonl").read_text().splitlines()]
+    for step, event in enumerate(events, 1):
+        event["indices"] = [0, -1, -1, -1]  # one layer's head or channel at a time
+        event["heads_per_layer"] = [8 - sum(e["kind"] == "attn" for e in events[:step]), 8, 8, 8]
+        event["ffn_per_layer"] = [64 - sum(e["kind"] == "ffn" for e in events[:step]), 64, 64, 64]
+    (run_dir / "pruning_events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    assert_png(plot_run(run_dir))
+    assert len(drawn) == 1 and drawn[0][-1]["ffn_per_layer"] == [62, 64, 64, 64]
