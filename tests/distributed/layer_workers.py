@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 
-def thin_layer_and_train(cfg_dict: dict, heads_left: int, ffn_left: int, steps: int):
+def thin_layer_and_train(cfg_dict: dict, heads_left: int, ffn_left: int, steps: int, heads=None):
     """Cut layer 0 alone down to `heads_left` query heads and `ffn_left` FFN channels (the
     other layers untouched, removals with index -1 elsewhere), train `steps` steps, save a
-    checkpoint. Returns (Arch JSON, losses) on rank 0."""
+    checkpoint. `heads`: which head index each attn removal takes (default: 0 every time).
+    Returns (Arch JSON, losses) on rank 0."""
     import torch.distributed as dist
 
     from pap.config import config_from_dict
@@ -18,7 +19,8 @@ def thin_layer_and_train(cfg_dict: dict, heads_left: int, ffn_left: int, steps: 
     trainer = Trainer(config_from_dict(cfg_dict))
     arch = trainer.arch
     rest = (UNTOUCHED,) * (arch.num_layers - 1)
-    removals = [Removal("attn", (0,) + rest, 0.0, ()) for _ in range(arch.num_heads(0) - heads_left)]
+    heads = heads or [0] * (arch.num_heads(0) - heads_left)
+    removals = [Removal("attn", (head,) + rest, 0.0, ()) for head in heads]
     removals += [Removal("ffn", (0,) + rest, 0.0, ()) for _ in range(arch.ffn[0] - ffn_left)]
     apply_removals(trainer, removals)
     losses = [trainer.train_step().loss for _ in range(steps)]

@@ -45,3 +45,25 @@ def test_thin_layer_trains_resumes_exports_and_generates(tmp_path, random_datase
         torch.testing.assert_close(model(tokens).logits, expected, rtol=1e-5, atol=1e-5)
         generated = model.generate(tokens[:1], max_new_tokens=4, do_sample=False)
     assert generated.shape == (1, 16) and int(generated[0, 12]) == int(expected[0, -1].argmax())
+
+
+def test_thinnest_tensor_parallel_layer_resumes_at_tp2_as_uninterrupted(tmp_path, random_dataset):
+    """A layer kept at one query head per KV head (2 heads) and 2 FFN channels is the thinnest
+    that two TP ranks can share: trained 2 steps at TP=1, resumed at TP=2 for 2 more, the
+    losses are those of an uninterrupted TP=1 run (a 1-head layer resumes at PP=2 above)."""
+    from tests.distributed.layer_workers import thin_layer_and_train
+
+    def config(name):
+        return tiny_config(random_dataset, train={"iters": 4, "warmup_iters": 1, "eval_iters": 0},
+                           checkpoint={"dir": str(tmp_path / name)})
+
+    heads = [0, 1]  # one head of each KV group: groups [1, 1]
+    _, straight = run_distributed(thin_layer_and_train, 1, config("straight"), 2, 2, 4, heads)[0]
+    arch_json, _ = run_distributed(thin_layer_and_train, 1, config("run"), 2, 2, 2, heads)[0]
+    assert json.loads(arch_json)["heads_per_group"][0] == [1, 1]
+    cfg = config("run")
+    cfg["parallel"] = {"tp": 2, "pp": 1}
+    run(2, write_config(tmp_path / "tp2.yaml", cfg), log=tmp_path / "tp2.log")
+    resumed = step_losses(tmp_path / "run" / "metrics.jsonl")
+    for iteration in (3, 4):
+        assert resumed[iteration] == pytest.approx(straight[iteration - 1], abs=1e-4), iteration
