@@ -62,3 +62,29 @@ def test_same_removals_arch_and_weights(mode, world, parallel, references, rando
         assert err <= 1e-3, f"{name}: {err:.2e}"
     for a, b in zip(got["losses"], reference["losses"]):
         assert abs(a - b) <= 1e-4
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_bf16_choices_differ_only_at_near_ties(mode, random_dataset):
+    """bf16 weights with fp32 masters at TP=2 vs TP=1. Another layout rounds each bf16 GEMM
+    differently, so gradients, hence saliencies, differ by ~1e-2 relative
+    (test_pruning_invariance.py); per-layer modes compare hundreds of single heads and
+    channels, and two of them within that noise of each other can go either way. So: the
+    removals agree until the first such near-tie (both chosen scores within 5%), the runs
+    remove as many parameters, and the losses stay within 1e-2."""
+    def config(parallel):
+        cfg = _config(random_dataset, parallel, mode)
+        cfg["model"]["params_dtype"] = "bf16"
+        return cfg
+
+    reference = run_distributed(pruning_run, 1, config({"tp": 1, "pp": 1}), STEPS)[0]
+    got = run_distributed(pruning_run, 2, config({"tp": 2, "pp": 1}), STEPS)[0]
+    differ = [i for i, (a, b) in enumerate(zip(got["removals"], reference["removals"])) if a != b]
+    if differ:
+        first = differ[0]
+        a, b = got["scores"][first], reference["scores"][first]
+        assert got["removals"][first][0] == reference["removals"][first][0], "a different kind is no near-tie"
+        assert abs(a - b) <= 0.05 * max(abs(a), abs(b)), (first, a, b)
+    assert got["num_params"] == reference["num_params"]
+    for a, b in zip(got["losses"], reference["losses"]):
+        assert abs(a - b) <= 1e-2

@@ -64,7 +64,8 @@ def pruning_run(cfg_dict: dict, steps: int):
     if dist.get_rank() != 0:
         return None
     return {"removals": [(r.kind, r.indices) for r in trainer.pruning.removals], "arch": trainer.arch.to_json(),
-            "params": params, "losses": losses}
+            "params": params, "losses": losses, "scores": [r.score for r in trainer.pruning.removals],
+            "num_params": trainer.arch.num_params()}
 
 
 def removal_matches_unpruned(cfg_dict: dict, kind: str, indices: tuple):
