@@ -159,21 +159,8 @@ class PruningHook:
             self.removals.append(removal)
             self._new_removals.append(removal)
             self._record(trainer, removal, after, extra)
-        self.accumulator.reset()
         self.reached_now = not self.active(trainer)
-        if self.cosine is not None:
-            self.cosine.reset()
-            if self.reached_now:
-                self.cosine.detach()
-            elif chosen:
-                self._attach_cosine(trainer)
-        if self.hessians is not None:
-            self.hessians.reset()
-        if self.hessians is not None and chosen:
-            if self.reached_now:
-                self.hessians.detach()
-            else:
-                self.hessians.attach(trainer.model.module, trainer.arch)
+        self._next_window(trainer, rebuilt=bool(chosen))
         if not chosen:  # every dimension at its floor above the target
             if not self.stuck_at_floors and trainer.topo.rank == 0:
                 print(f"pap: prune.target_params ({self.target:,}) cannot be reached: every dimension is at its "
@@ -186,6 +173,21 @@ class PruningHook:
         if trainer.topo.rank == 0:
             print(f"pruning round at iteration {trainer.iteration}: {len(chosen)} removal(s) in "
                   f"{self.round_seconds:.2f} s", flush=True)
+
+    def _next_window(self, trainer, rebuilt: bool) -> None:
+        """Restart the window's sums (saliency, layer cosines, Hessians). The hooks follow a
+        rebuilt model, and go once the target is reached (plain pretraining pays nothing)."""
+        self.accumulator.reset()
+        hooked = [(self.cosine, lambda: self._attach_cosine(trainer)),
+                  (self.hessians, lambda: self.hessians.attach(trainer.model.module, trainer.arch))]
+        for window, attach in hooked:
+            if window is None:
+                continue
+            window.reset()
+            if self.reached_now:
+                window.detach()
+            elif rebuilt:
+                attach()
 
     def _choose(self, scores: GroupScores, arch, kinds=("attn", "ffn", "stem"), normalize="config",
                 align=None) -> Optional[Removal]:
