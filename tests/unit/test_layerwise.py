@@ -75,3 +75,57 @@ def test_adaptive_prunes_similar_layers_more():
     for r in removals:
         after = remove_from_arch(after, r)
     assert 0.05 * a.num_params() < a.num_params() - after.num_params() < 0.15 * a.num_params()
+
+
+def test_kept_indices_follow_the_cuts_through_many_mixed_removals():
+    """The survivors `kept_indices` computes (sorted-position bookkeeping, fast enough for an
+    adaptive increment's thousands of removals) are what cutting a tensor that records its
+    own original positions gives, removal after removal, for every tensor and kind."""
+    import random
+
+    import torch
+
+    from pap.arch import Arch
+    from pap.pruning.remove import prune_tensor
+    from pap.pruning.select import UNTOUCHED, Removal, remove_from_arch
+
+    arch = Arch(vocab_size=32, padded_vocab_size=32, hidden_size=16, head_dim=4,
+                heads_per_group=[[2, 2], [2, 2], [2, 2]], ffn=[12, 12, 12], tie_embeddings=False)
+    rng, removals, after = random.Random(0), [], arch
+    while len(removals) < 30:
+        kind = rng.choice(["attn", "ffn", "stem"])
+        layers = [l for l in range(3) if rng.random() < 0.5] or [0]
+        if kind == "stem":
+            removal = Removal("stem", (rng.randrange(after.hidden_size),), 0.0, ())
+        elif kind == "attn":
+            if any(after.num_heads(l) <= 2 for l in layers):
+                continue
+            removal = Removal("attn", tuple(rng.randrange(after.num_heads(l)) if l in layers else UNTOUCHED
+                                            for l in range(3)), 0.0, ())
+        else:
+            removal = Removal("ffn", tuple(rng.randrange(after.ffn[l]) if l in layers else UNTOUCHED
+                                           for l in range(3)), 0.0, ())
+        removals.append(removal)
+        after = remove_from_arch(after, removal)
+    names = {"embedding.word_embeddings.weight": (32, 16), "output_layer.weight": (32, 16),
+             "decoder.final_layernorm.weight": (16,)}
+    for l in range(3):
+        names.update({f"decoder.layers.{l}.self_attention.linear_qkv.weight": (32, 16),
+                      f"decoder.layers.{l}.self_attention.linear_proj.weight": (16, 16),
+                      f"decoder.layers.{l}.mlp.linear_fc1.weight": (24, 16),
+                      f"decoder.layers.{l}.mlp.linear_fc2.weight": (16, 12),
+                      f"decoder.layers.{l}.input_layernorm.weight": (16,)})
+    for name, shape in names.items():
+        for dim in range(len(shape)):
+            positions = torch.arange(shape[dim]).view([-1 if d == dim else 1 for d in range(len(shape))])
+            tensor = positions.expand(shape).clone()
+            state = arch
+            for removal in removals:
+                tensor = prune_tensor(name, tensor, state, removal)
+                state = remove_from_arch(state, removal)
+            survivors = tensor.movedim(dim, 0).reshape(tensor.shape[dim], -1)[:, 0] if tensor.numel() else None
+            kept = kept_indices(name, shape, arch, removals)[dim]
+            if kept is None:
+                assert tensor.shape[dim] == shape[dim], name
+            else:
+                assert torch.equal(kept, survivors), (name, dim)
