@@ -62,6 +62,17 @@ def _widths(values) -> str:
     return str(low) if low == high else f"{low}-{high}"
 
 
+_LINES_PER_ROUND = 32
+"""Rounds with more removals than this print one summary line instead of a line each."""
+
+
+def _shape_line(arch, target: int) -> str:
+    reached = " (target reached)" if arch.num_params() <= target else ""
+    layers = range(arch.num_layers)
+    return (f"{arch.num_params():,} params, heads {_widths(arch.num_heads(l) for l in layers)}, "
+            f"ffn {_widths(arch.ffn)}, hidden {arch.hidden_size}{reached}")
+
+
 class PruningHook:
     """Owns the saliency window and decides when and what to remove."""
 
@@ -155,10 +166,18 @@ class PruningHook:
                       for (removal, _), extra in zip(chosen, errors)]
         if chosen:
             apply_removals(trainer, [removal for removal, _ in chosen])
+        # A line per removal, unless a round has more than fit a screen (an adaptive increment is
+        # thousands at scale): then one line for the round. Every removal goes to the event log.
+        each = len(chosen) <= _LINES_PER_ROUND
         for (removal, after), extra in zip(chosen, errors):
             self.removals.append(removal)
             self._new_removals.append(removal)
-            self._record(trainer, removal, after, extra)
+            self._record(trainer, removal, after, extra, printed=each)
+        if chosen and not each and trainer.topo.rank == 0:
+            counts = {kind: sum(r.kind == kind for r, _ in chosen) for kind in ("attn", "ffn", "stem")}
+            print(f"pruned {len(chosen)} groups at iteration {trainer.iteration} "
+                  f"({', '.join(f'{n} {kind}' for kind, n in counts.items() if n)}): "
+                  f"{_shape_line(trainer.arch, self.target)}", flush=True)
         self.reached_now = not self.active(trainer)
         self._next_window(trainer, rebuilt=bool(chosen))
         if not chosen:  # every dimension at its floor above the target
@@ -301,16 +320,14 @@ class PruningHook:
                 f"kv {_widths(arch.num_kv_heads(l) for l in range(arch.num_layers))} ffn {_widths(arch.ffn)} "
                 f"hidden {arch.hidden_size}")
 
-    def _record(self, trainer, removal: Removal, arch, extra: Optional[dict] = None) -> None:
-        """Log one removal; `arch` is the shape right after it."""
+    def _record(self, trainer, removal: Removal, arch, extra: Optional[dict] = None, printed: bool = True) -> None:
+        """Log one removal (event file; stdout when `printed`); `arch` is the shape right after it."""
         event = removal_event(trainer.iteration, trainer.iteration * trainer.tokens_per_iter, removal, arch,
                               **(extra or {}))
         if trainer.topo.rank == 0:
-            reached = " (target reached)" if arch.num_params() <= self.target else ""
-            layers = range(arch.num_layers)
-            print(f"pruned {removal.kind} {list(removal.indices)} at iteration {trainer.iteration}: "
-                  f"{arch.num_params():,} params, heads {_widths(arch.num_heads(l) for l in layers)}, "
-                  f"ffn {_widths(arch.ffn)}, hidden {arch.hidden_size}{reached}", flush=True)
+            if printed:
+                print(f"pruned {removal.kind} {list(removal.indices)} at iteration {trainer.iteration}: "
+                      f"{_shape_line(arch, self.target)}", flush=True)
             if self.events_file:
                 with open(self.events_file, "a") as f:
                     f.write(json.dumps(event) + "\n")
