@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -31,47 +32,63 @@ def metadata_path(prefix: str) -> Path:
     return Path(prefix + ".meta.json")
 
 
+def require_dataset(prefix: str, key: str) -> None:
+    """Fail with one line naming `key` (the config field or flag) if `prefix.bin/.idx` are missing."""
+    missing = [p for p in (prefix + ".bin", prefix + ".idx") if not os.path.isfile(p)]
+    if missing:
+        raise PapError(f"{key}: dataset prefix {prefix!r} not found (missing {', '.join(missing)}); "
+                       f"give the path without .bin/.idx, e.g. data/corpus_text_document")
+
+
 def check_dataset(prefix: str, model_vocab_size: int) -> None:
     """Fail with one clear line if `prefix` is missing, its `.bin` does not match its `.idx`, or it
     holds token ids the model cannot embed."""
-    missing = [p for p in (prefix + ".bin", prefix + ".idx") if not os.path.isfile(p)]
-    if missing:
-        raise PapError(f"data.blend: dataset prefix {prefix!r} not found (missing {', '.join(missing)}); "
-                       f"give the path without .bin/.idx, e.g. data/corpus_text_document")
+    require_dataset(prefix, "data.blend")
     # `pap.train` checks before the process group exists and the trainer again when it builds
     # the datasets: one pass over the index per process is enough while the files are unchanged.
     stamp = (prefix, model_vocab_size) + tuple((os.stat(p).st_size, os.stat(p).st_mtime_ns)
                                                 for p in (prefix + ".bin", prefix + ".idx"))
     if stamp in _CHECKED:
         return
-    _check_pair_and_vocab(prefix, model_vocab_size)
+    validate_pair(prefix)  # the .bin belongs to the .idx: sizes, dtype, offsets, documents
+    needed = dataset_vocabulary(prefix)
+    if needed is not None and needed.size > model_vocab_size:
+        raise PapError(f"data.blend: {prefix} {needed.evidence} but model.vocab_size is {model_vocab_size}; "
+                       f"set model.vocab_size >= {needed.size}" + ("" if needed.declared else " or re-tokenize"))
     _CHECKED.add(stamp)
 
 
 _CHECKED: set = set()
 
 
-def _check_pair_and_vocab(prefix: str, model_vocab_size: int) -> None:
-    validate_pair(prefix)  # the .bin belongs to the .idx: sizes, dtype, offsets, documents
+@dataclass
+class DatasetVocabulary:
+    """The smallest vocabulary that embeds a dataset, and how that is known."""
+
+    size: int
+    evidence: str
+    """For an error line: 'was tokenized with a vocabulary of N (meta file)' or 'contains token id N'."""
+    declared: bool
+    """True when the metadata sidecar says it; False when a scan of the tokens found it."""
+
+
+def dataset_vocabulary(prefix: str) -> Optional[DatasetVocabulary]:
+    """What vocabulary `prefix`'s tokens need: the sidecar's `vocab_size`, else the largest id
+    + 1 from a scan of the `.bin`; None when there is no sidecar and the file is too large to
+    scan (data_prep always writes the sidecar). A damaged sidecar is one clear error."""
     meta = metadata_path(prefix)
     if meta.is_file():
         try:
             vocab = int(json.loads(meta.read_text())["vocab_size"])
         except (ValueError, KeyError, TypeError):
             raise PapError(f"{meta}: not a valid dataset metadata file (needs an integer 'vocab_size')") from None
-        if vocab > model_vocab_size:
-            raise PapError(f"data.blend: {prefix} was tokenized with a vocabulary of {vocab} ({meta}) but "
-                           f"model.vocab_size is {model_vocab_size}; set model.vocab_size >= {vocab}")
-        return
+        return DatasetVocabulary(vocab, f"was tokenized with a vocabulary of {vocab} ({meta})", True)
     bin_path = prefix + ".bin"
     if os.path.getsize(bin_path) > _MAX_SCAN_BYTES:
-        return  # too large to scan; data_prep always writes the sidecar
-    dtype = index_dtype(prefix)
-    tokens = np.memmap(bin_path, dtype=dtype, mode="r")
+        return None
+    tokens = np.memmap(bin_path, dtype=index_dtype(prefix), mode="r")
     largest = int(tokens.max()) if tokens.size else -1
-    if largest >= model_vocab_size:
-        raise PapError(f"data.blend: {prefix} contains token id {largest} but model.vocab_size is "
-                       f"{model_vocab_size}; set model.vocab_size > {largest} or re-tokenize")
+    return DatasetVocabulary(largest + 1, f"contains token id {largest}", False)
 
 
 # megatron-core indexed_dataset.py: b"MMIDIDX\x00\x00", version <Q (1), dtype code <B.
@@ -93,13 +110,15 @@ def index_dtype(prefix: str):
     return _DTYPE_CODES[code]
 
 
-class _TokenizerInfo:
+class TokenizerInfo:
     """What `GPTDataset` reads of a tokenizer: ids only; texts are never decoded here."""
 
     def __init__(self, vocab_size: int):
         self.vocab_size = vocab_size
         self.eod = 0
         self.pad = -1  # no padding token: every sample is a full window of real tokens
+        # The class name megatron's data-cache hashes were first written with: kept, so
+        # existing caches stay valid.
         self.unique_identifiers = {"class": "pap.data._TokenizerInfo", "vocab_size": vocab_size}
 
 
@@ -122,7 +141,7 @@ def build_datasets(cfg: PapConfig, train_samples: int, valid_samples: int, cache
         blend=(prefixes, weights),
         split=cfg.data.split,
         path_to_cache=cache_dir,
-        tokenizer=_TokenizerInfo(cfg.model.vocab_size),
+        tokenizer=TokenizerInfo(cfg.model.vocab_size),
         reset_position_ids=False,
         reset_attention_mask=False,
         eod_mask_loss=False,

@@ -271,3 +271,10 @@ def build_model(arch: Arch, cfg: PapConfig, dtype: Optional[torch.dtype] = None,
     if initialize and draw:
         initialize_weights(model, cfg.train.seed, cfg.model.init_std, arch.num_layers)
     return model
+
+
+def training_forward(module) -> bool:
+    """True in a training forward pass of `module`: not an evaluation forward, and not the
+    recomputation inside backward (activation checkpointing), which would see its tokens a
+    second time. Forward hooks that gather statistics over training tokens ask this."""
+    return module.training and torch._C._current_graph_task_id() == -1

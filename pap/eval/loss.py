@@ -19,9 +19,9 @@ import tempfile
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
-import numpy as np
 import torch
 
+from pap.data import TokenizerInfo
 from pap.errors import PapError
 
 DEFAULT_SPLIT = "0,1,0"  # every document of the data is evaluation data
@@ -40,45 +40,19 @@ class LossResult:
         return math.exp(self.loss)
 
 
-class _Vocab:
-    """What `GPTDataset` reads of a tokenizer: ids only (no text is decoded here)."""
-
-    def __init__(self, vocab_size: int):
-        self.vocab_size = vocab_size
-        self.eod = 0
-        self.pad = -1  # no padding token: a short last sample masks its padded positions
-        self.unique_identifiers = {"class": "pap.eval.loss._Vocab", "vocab_size": vocab_size}
-
-
 def check_data(prefixes: Sequence[str], vocab_size: int, ckpt: str) -> None:
     """One error line for a missing or inconsistent dataset, or token ids the model cannot embed."""
-    import json
-
     from data_prep.index import validate_pair
-    from pap.data import index_dtype, metadata_path
+    from pap.data import dataset_vocabulary, require_dataset
 
     for prefix in prefixes:
-        missing = [p for p in (prefix + ".bin", prefix + ".idx") if not os.path.isfile(p)]
-        if missing:
-            raise PapError(f"--data: dataset prefix {prefix!r} not found (missing {', '.join(missing)}); give the "
-                           f"path without .bin/.idx, e.g. data/corpus_text_document")
+        require_dataset(prefix, "--data")
         validate_pair(prefix)
-        meta = metadata_path(prefix)
-        fix = "evaluate on data tokenized with the model's own tokenizer"
-        if meta.is_file():
-            try:
-                vocab = int(json.loads(meta.read_text())["vocab_size"])
-            except (ValueError, KeyError, TypeError):
-                raise PapError(f"{meta}: not a valid dataset metadata file (needs an integer 'vocab_size')") from None
-            if vocab > vocab_size:
-                raise PapError(f"--data {prefix}: tokenized with a vocabulary of {vocab} ({meta}) but the model of "
-                               f"{ckpt} has vocab_size {vocab_size}; {fix}")
-            continue
-        tokens = np.memmap(prefix + ".bin", dtype=index_dtype(prefix), mode="r")
-        largest = int(tokens.max()) if tokens.size else -1
-        if largest >= vocab_size:
-            raise PapError(f"--data {prefix}: holds token id {largest} but the model of {ckpt} has vocab_size "
-                           f"{vocab_size}; {fix}")
+        needed = dataset_vocabulary(prefix)
+        if needed is not None and needed.size > vocab_size:
+            raise PapError(f"--data {prefix}: {needed.evidence} but the model of "
+                           f"{ckpt} has vocab_size {vocab_size}; evaluate on data tokenized with the model's "
+                           f"own tokenizer")
 
 
 def build_samples(prefixes: List[str], weights: Optional[List[float]], count: int, seq_length: int,
@@ -94,7 +68,7 @@ def build_samples(prefixes: List[str], weights: Optional[List[float]], count: in
     with tempfile.TemporaryDirectory(prefix="pap-eval-cache-") as cache:
         config = GPTDatasetConfig(
             random_seed=seed, sequence_length=seq_length, blend=(prefixes, weights), split=split,
-            path_to_cache=cache, tokenizer=_Vocab(vocab_size), reset_position_ids=False,
+            path_to_cache=cache, tokenizer=TokenizerInfo(vocab_size), reset_position_ids=False,
             reset_attention_mask=False, eod_mask_loss=False, create_attention_mask=False)
         _, valid, _ = BlendedMegatronDatasetBuilder(GPTDataset, [0, count, 0], lambda: True, config).build()
         if valid is None:

@@ -18,6 +18,8 @@ from typing import Dict
 
 import torch
 
+from pap.model import training_forward
+
 
 def token_cosines(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """cos(x_t, y_t) per token, in float64 (hidden states [..., hidden])."""
@@ -54,7 +56,7 @@ class LayerCosine:
 
     def _hook(self, index: int, counts: bool):
         def record(module, args, kwargs, output):
-            if not counts or not module.training or torch._C._current_graph_task_id() != -1:
+            if not counts or not training_forward(module):
                 return
             x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
             y = output[0] if isinstance(output, tuple) else output

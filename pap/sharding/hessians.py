@@ -44,7 +44,8 @@ import torch
 import torch.distributed as dist
 
 from pap.arch import Arch
-from pap.sharding.layout import LayerPlacement, needs_placement
+from pap.model import training_forward
+from pap.sharding.shard_map import Placements, shard_rows
 
 Key = Tuple[str, int]
 """(block kind, global layer index; -1 for the output layer)."""
@@ -62,17 +63,23 @@ def block_width(arch: Arch, key: Key) -> int:
     return arch.hidden_size
 
 
-def input_columns(arch: Arch, key: Key, tp: int, tp_rank: int) -> torch.Tensor:
-    """Full-tensor input columns that TP rank `tp_rank` holds of block `key` (all for replicated inputs)."""
+def param_name(key: Key) -> str:
+    """Global name of a block's weight."""
     kind, layer = key
+    if layer == OUTPUT_LAYER:
+        return "output_layer.weight"
+    leaf = {"proj": "self_attention.linear_proj", "qkv": "self_attention.linear_qkv",
+            "fc2": "mlp.linear_fc2", "fc1": "mlp.linear_fc1"}[kind]
+    return f"decoder.layers.{layer}.{leaf}.weight"
+
+
+def input_columns(arch: Arch, key: Key, placements: Placements, tp_rank: int) -> torch.Tensor:
+    """Full-tensor input columns that TP rank `tp_rank` holds of block `key` (all of them for
+    replicated inputs): the shard placement the round and the checkpoints use."""
     width = block_width(arch, key)
-    if kind not in SPLIT_INPUT or tp == 1:
+    if key[0] not in SPLIT_INPUT:
         return torch.arange(width)
-    if needs_placement(arch, tp):
-        placement = LayerPlacement(arch, layer, tp, tp_rank)
-        return placement.proj_columns if kind == "proj" else placement.fc2_columns
-    share = width // tp
-    return torch.arange(tp_rank * share, (tp_rank + 1) * share)
+    return shard_rows(param_name(key), width, placements, tp_rank)
 
 
 def module_of(model, key: Key):
@@ -169,6 +176,8 @@ class HessianWindow:
         """Block -> index in `stage.ranks` of its owner."""
         self.stage: Optional[StageGroup] = None
         self.arch: Optional[Arch] = None
+        self.columns: Dict[Tuple[Key, int], torch.Tensor] = {}
+        """(block, TP rank) -> the full-tensor input columns that rank samples."""
         self._pending: Dict[Key, List[torch.Tensor]] = {}
         self._handles = []
         self._model = None
@@ -185,6 +194,10 @@ class HessianWindow:
             self.stage = StageGroup.current()
         self.blocks = stage_blocks(model, arch)
         self.owners = deal_owners(self.blocks, self.stage.size)
+        # Which columns each TP rank sends, worked out once per shape, not every step.
+        placements = Placements(arch, self.tp)
+        self.columns = {(key, rank): input_columns(arch, key, placements, rank)
+                        for key in self.blocks for rank in range(self.tp)}
         for key in self.blocks:
             self._handles.append(module_of(model, key).register_forward_hook(self._hook(key)))
 
@@ -202,8 +215,7 @@ class HessianWindow:
         from megatron.core import parallel_state as ps
 
         def record(module, args, output):
-            # Evaluation forwards and recomputation inside backward do not count.
-            if not module.training or torch._C._current_graph_task_id() != -1:
+            if not training_forward(module):
                 return
             x = args[0].detach()
             where = self._positions(x.shape[0]).to(x.device)
@@ -212,8 +224,9 @@ class HessianWindow:
             y = (output[0] if isinstance(output, tuple) else output).detach().index_select(0, where).float()
             # proj/fc2 outputs are complete (reduced over TP) on every TP rank: count them once.
             if kind not in SPLIT_INPUT or ps.get_tensor_model_parallel_rank() == 0:
-                total = self.output_square.get(key, torch.zeros((), dtype=torch.float64))
-                self.output_square[key] = total + y.double().square().sum().cpu()
+                # Kept on the device: a host copy here would synchronise every micro-batch.
+                square = y.double().square().sum()
+                self.output_square[key] = self.output_square[key] + square if key in self.output_square else square
 
         return record
 
@@ -230,7 +243,7 @@ class HessianWindow:
             pieces = self._pending.pop(key, [])
             if self._sends(key, stage.tp_ranks[stage.me]):
                 sample = torch.cat(pieces) if pieces else torch.empty(0)
-                expected = rows * len(input_columns(arch, key, self.tp, stage.tp_ranks[stage.me]))
+                expected = rows * len(self.columns[key, stage.tp_ranks[stage.me]])
                 if sample.numel() != expected:
                     raise RuntimeError(f"pap: Hessian block {key} sampled {sample.numel()} values this step, "
                                        f"expected {expected} (the step ran an unexpected number of forwards)")
@@ -241,7 +254,7 @@ class HessianWindow:
         for source in range(stage.size):
             for key in mine:
                 if self._sends(key, stage.tp_ranks[source]):
-                    counts_in[source] += rows * len(input_columns(arch, key, self.tp, stage.tp_ranks[source]))
+                    counts_in[source] += rows * len(self.columns[key, stage.tp_ranks[source]])
         flat = [p for parts in outgoing for p in parts]
         send = torch.cat(flat).to(device) if flat else torch.empty(0, device=device)
         received = torch.empty(sum(counts_in), dtype=torch.float32, device=device)
@@ -257,7 +270,7 @@ class HessianWindow:
             for key in mine:
                 if not self._sends(key, tp_rank):
                     continue
-                columns = input_columns(arch, key, self.tp, tp_rank)
+                columns = self.columns[key, tp_rank]
                 count = rows * len(columns)
                 piece = received[offset:offset + count].view(rows, len(columns))
                 offset += count
@@ -292,8 +305,9 @@ class HessianWindow:
         """‖Y‖² of every block of the stage, summed over its ranks (collective over the stage)."""
         from pap.sharding.full_state import collective_device
 
-        values = torch.tensor([float(self.output_square.get(key, 0.0)) for key in self.blocks],
-                              dtype=torch.float64, device=collective_device())
+        device = collective_device()
+        values = torch.stack([self.output_square[key].to(device, torch.float64) if key in self.output_square
+                              else torch.zeros((), dtype=torch.float64, device=device) for key in self.blocks])
         if self.stage.size > 1:
             dist.all_reduce(values, group=self.stage.group)
         return dict(zip(self.blocks, values.tolist()))
@@ -305,7 +319,7 @@ class HessianWindow:
     def state_dict(self) -> dict:
         """This rank's share: its owned H, its ‖Y‖² shares and the window's step count."""
         return {"steps": self.steps, "hessians": {k: v.cpu() for k, v in self.hessians.items()},
-                "output_square": dict(self.output_square)}
+                "output_square": {k: v.cpu() for k, v in self.output_square.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         from pap.sharding.full_state import collective_device
@@ -313,4 +327,4 @@ class HessianWindow:
         device = collective_device()
         self.steps = state["steps"]
         self.hessians = {tuple(k): v.to(device) for k, v in state["hessians"].items()}
-        self.output_square = {tuple(k): v for k, v in state["output_square"].items()}
+        self.output_square = {tuple(k): v.to(device) for k, v in state["output_square"].items()}

@@ -35,7 +35,7 @@ from pap.arch import Arch
 from pap.pruning.obs import left_factor, relative_error, solve_columns
 from pap.pruning.select import Removal
 from pap.sharding.full_state import collective_device, full_shape, shard_indices
-from pap.sharding.hessians import OUTPUT_LAYER, HessianWindow, Key, block_width
+from pap.sharding.hessians import HessianWindow, Key, block_width, param_name
 from pap.sharding.training_state import ParamRecord, TrainingState
 
 
@@ -54,15 +54,6 @@ class ObsStats:
 
 _ROWS = 4096
 """Rows of U Vᵀ formed at a time when a master is updated (bounds the float64 temporary)."""
-
-
-def param_name(key: Key) -> str:
-    kind, layer = key
-    if layer == OUTPUT_LAYER:
-        return "output_layer.weight"
-    leaf = {"proj": "self_attention.linear_proj", "qkv": "self_attention.linear_qkv",
-            "fc2": "mlp.linear_fc2", "fc1": "mlp.linear_fc1"}[kind]
-    return f"decoder.layers.{layer}.{leaf}.weight"
 
 
 def affected_columns(removal: Removal, arch: Arch, blocks: Sequence[Key]) -> List[Tuple[Key, List[int]]]:

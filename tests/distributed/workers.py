@@ -122,7 +122,7 @@ def obs_rounds_against_least_squares(cfg_dict: dict, steps: int):
     from pap.pruning.remove import kept_indices
     from pap.sharding.full_state import gather_full_state
     from pap.sharding.hessians import module_of, stage_blocks
-    from pap.sharding.obs_round import param_name
+    from pap.sharding.hessians import param_name
     from pap.trainer import Trainer
 
     trainer = Trainer(config_from_dict(cfg_dict))

@@ -86,5 +86,5 @@ def test_data_with_a_larger_vocabulary_is_one_error_line(pruned_checkpoint, tmp_
     result = eval_loss(pruned_checkpoint, prefix, expect_ok=False)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [l for l in (result.stdout + result.stderr).splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"error: --data {prefix}: holds token id 99"), lines
+    assert len(lines) == 1 and lines[0].startswith(f"error: --data {prefix}: contains token id 99"), lines
     assert "has vocab_size 300" in lines[0]
