@@ -157,8 +157,8 @@ def check_natural_rounds(setup, distopt):
                                                "prune_steps": 1, "min_kv_heads": 2})
     trainer = Trainer(cfg)
     losses = [trainer.train_step().loss for _ in range(20)]
-    kinds = sorted({r.kind for r in trainer.pruning.removals})
-    rounds = len(trainer.pruning.removals)
+    kinds = sorted({r.kind for r in trainer.callback("pruning").removals})
+    rounds = len(trainer.callback("pruning").removals)
     trainer.close()
     return rounds >= 5 and all(map(math.isfinite, losses)), \
         f"{rounds} removals ({', '.join(kinds)}), loss {losses[0]:.3f} -> {losses[-1]:.3f}"
@@ -170,7 +170,7 @@ def check_forced(setup, distopt):
 
     from pap.pruning.remove import prune_state
     from pap.pruning.select import Removal
-    from pap.sharding.reshard import apply_removal
+    from pap.prune_hook import remove_groups
     from pap.sharding.training_state import OPTIMIZER_FIELDS
     from pap.trainer import Trainer
 
@@ -185,7 +185,7 @@ def check_forced(setup, distopt):
         arch = trainer.arch
         before = training_state(trainer).gather(OPTIMIZER_FIELDS)
         step = training_state(trainer).step()
-        apply_removal(trainer, removal)
+        remove_groups(trainer, [removal])
         after = training_state(trainer).gather(OPTIMIZER_FIELDS)
         expected = {f: prune_state(t, arch, removal) for f, t in before.items()}
         same = all(torch.equal(after[f][n], v) for f, tensors in expected.items() for n, v in tensors.items())
@@ -214,7 +214,7 @@ def check_freed(setup, distopt):
     trainer.train_step()
     on_gpu = torch.cuda.is_available()
     first = torch.cuda.memory_allocated() if on_gpu else 0
-    while len(trainer.pruning.removals) < 30:
+    while len(trainer.callback("pruning").removals) < 30:
         trainer.train_step()
     gc.collect()
     live = sum(isinstance(o, (DistributedDataParallel, GPTModel)) for o in gc.get_objects()) - before

@@ -53,7 +53,7 @@ def main() -> int:
 
     from pap.config import load_config
     from pap.pruning.select import Removal
-    from pap.sharding.reshard import apply_removal
+    from pap.prune_hook import remove_groups
     from pap.trainer import Trainer
 
     base = ["parallel.tp=1", "parallel.pp=1", "checkpoint.dir=", "train.iters=1000", "train.eval_iters=0",
@@ -71,11 +71,11 @@ def main() -> int:
         arch = pruning.arch
         index = {"ffn": tuple(0 for _ in arch.ffn), "attn": tuple(0 for _ in arch.ffn), "stem": (0,)}[kind]
         start = time.time()
-        apply_removal(pruning, Removal(kind, index, 0.0, ()))
+        remove_groups(pruning, [Removal(kind, index, 0.0, ())])
         removal_times.append(time.time() - start)
     obs_rows = measure_obs(args, base, t_plain) if args.obs else []
     pruned_arch = pruning.arch
-    pruning.after_backward_hooks.clear()  # compare the pruned model's own speed
+    pruning.callbacks.clear()  # compare the pruned model's own speed
     t_pruned = median_step(pruning, args.steps)
     fresh = Trainer(load_config(args.config, base))
     fresh.rebuild(pruned_arch, draw=True)
@@ -102,14 +102,16 @@ def main() -> int:
 def measure_obs(args, base, t_plain) -> list:
     """Rows of the table for `prune.update: obs`."""
     from pap.config import load_config
-    from pap.pruning.select import Removal, remove_from_arch
+    from pap.pruning.round_plan import RoundPlan
+    from pap.pruning.select import Removal
     from pap.sharding.obs_round import apply_obs
+    from pap.sharding.training_state import TrainingState
     from pap.trainer import Trainer
 
     trainer = Trainer(load_config(args.config, base + ["prune.enabled=true", "prune.grad_steps=100000",
                                                        "prune.target_params=0.1", "prune.update=obs"]))
     t_step = median_step(trainer, args.steps)
-    window = trainer.pruning.hessians
+    window = trainer.callback("pruning").hessians
     arch = trainer.arch
     rows = [f"| step, saliency + Hessians accumulated (s) | {t_step:.3f} ({(t_step / t_plain - 1) * 100:+.1f}% "
             f"vs no pruning; {window.per_sequence_rows()} sampled tokens per step) |",
@@ -120,7 +122,8 @@ def measure_obs(args, base, t_plain) -> list:
         times = []
         for _ in range(3):
             start = time.time()
-            apply_obs(trainer, window, [(removal, remove_from_arch(arch, removal))], trainer.cfg.prune.hessian_damp)
+            state = TrainingState(trainer.model.module, trainer.optimizer)
+            apply_obs(trainer.model, state, window, RoundPlan.of(arch, [removal]), trainer.cfg.prune.hessian_damp)
             times.append(time.time() - start)
         median = statistics.median(times)
         rows.append(f"| OBS update of one {kind} round (s) | {median:.3f} ({median / t_plain:.2f} steps) |")

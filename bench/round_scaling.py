@@ -73,7 +73,7 @@ def measure(size: str, layout: str, kind: str, rounds: int, steps: int, out: str
 
     from data_prep.synthetic import write_arithmetic_dataset
     from pap.config import config_from_dict
-    from pap.sharding.reshard import apply_removals
+    from pap.prune_hook import remove_groups
     from pap.trainer import Trainer
 
     rank = int(os.environ.get("RANK", "0"))
@@ -101,15 +101,15 @@ def measure(size: str, layout: str, kind: str, rounds: int, steps: int, out: str
         for r in range(rounds):
             dist.barrier()
             start = time.time()
-            apply_removals(trainer, [_removal(kind, trainer.arch, r)])
+            stats = remove_groups(trainer, [_removal(kind, trainer.arch, r)]).stats
             round_times.append(time.time() - start)
-            sent.append(trainer.last_round.bytes_sent)
+            sent.append(stats.bytes_sent)
             trainer.train_step()
         peak_rounds = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         Path(f"{out}/rank{rank}.json").write_text(json.dumps({
             "params": trainer.arch.num_params(), "step": statistics.median(step_times),
             "round": statistics.median(round_times), "peak_training": peak_training,
-            "peak_rounds": peak_rounds, "sent": max(sent), "copied": trainer.last_round.bytes_copied}))
+            "peak_rounds": peak_rounds, "sent": max(sent), "copied": stats.bytes_copied}))
         trainer.close()
 
 

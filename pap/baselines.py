@@ -59,10 +59,10 @@ def oneshot(config: Union[str, PapConfig], source: str, target: float, calib_bat
     if calib_batches < 1:
         raise PapError(f"--calib-batches must be at least 1, got {calib_batches}")
     from pap.distributed import shutdown
-    from pap.prune_hook import removal_event, scores_after
-    from pap.pruning.select import choose, remove_from_arch
+    from pap.prune_hook import run_round
+    from pap.pruning.round_plan import SELECTION_MODES, RoundSettings, plan_round
+    from pap.pruning_log import removal_event
     from pap.sharding.reduce_saliency import global_scores
-    from pap.sharding.reshard import apply_removals
     from pap.trainer import Trainer
 
     checkpoint.read(source)  # a clear error before megatron starts, if it is not a checkpoint
@@ -74,25 +74,23 @@ def oneshot(config: Union[str, PapConfig], source: str, target: float, calib_bat
                   prune=replace(cfg.prune, enabled=True, target_params=target))
     trainer = Trainer(cfg)
     try:
-        hook = trainer.pruning
+        hook = trainer.callback("pruning")
         loss_before = trainer.evaluate()
         # Saliency as in a pruning-aware window of `calib_batches` steps, without updates.
         for batch in range(calib_batches):
             trainer.model.zero_grad_buffer()
             trainer.forward_backward(trainer.train_batches.microbatches(batch * cfg.train.global_batch_size))
-            hook.after_backward(trainer)
+            hook.post_backward(trainer)
         scores = global_scores(hook.accumulator, trainer.arch)
-        arch, chosen, events = trainer.arch, [], []
-        while arch.num_params() > hook.target:
-            removal = choose(scores, arch, cfg.prune.normalize, hook.floors)
-            if removal is None:
-                raise PapError(f"cannot prune {source} to {hook.target:,} parameters: every dimension is at its "
-                               f"floor at {arch.num_params():,}; lower the prune.min_* floors")
-            chosen.append(removal)
-            arch = remove_from_arch(arch, removal)
-            scores = scores_after(scores, removal)
-            events.append(removal_event(0, 0, removal, arch))
-        apply_removals(trainer, chosen)
+        # One round that goes all the way: uniform removals (Eq. 10), no step limit, no alignment.
+        settings = replace(RoundSettings.from_config(cfg.prune), prune_steps=float("inf"))
+        plan = plan_round(scores, trainer.arch, settings, hook.target, SELECTION_MODES["uniform"], align=False)
+        if plan.end.num_params() > hook.target:
+            raise PapError(f"cannot prune {source} to {hook.target:,} parameters: every dimension is at its "
+                           f"floor at {plan.end.num_params():,}; lower the prune.min_* floors")
+        chosen = plan.removals
+        events = [removal_event(0, 0, removal, after) for removal, after in plan.steps]
+        run_round(trainer, plan)
         loss_after = trainer.evaluate()
         checkpoint.save(out, 0, 0, trainer.arch, trainer.model.module, None, None, trainer.layout, cfg.to_dict())
         with open(Path(out) / "pruning_events.jsonl", "w") as f:

@@ -231,7 +231,7 @@ def _sharded_tensors(model, optimizer, arch: Arch, fields, loading: Optional[dic
             prefix = (loading or {}).get(field, "model" if field == "param" else f"optim/{field}")
             key = f"{prefix}/{name}"
             replica = (1 if tied_copy else 0, tp_replica, 0 if ranged else dp_rank)
-            flat = None if loading is not None else _local_values(state, record, field)
+            flat = None if loading is not None else state.owned_flat(record, field)
             for number, box in enumerate(boxes(name, shape, placements, tp_rank, span)):
                 data = (torch.empty(box.shape, dtype=torch.float32) if flat is None
                         else box.view(flat).contiguous())
@@ -239,20 +239,6 @@ def _sharded_tensors(model, optimizer, arch: Arch, fields, loading: Optional[dic
                     key, data, data.dtype, tuple(box.shape), shape, tuple(box.offset),
                     axis_fragmentations=None, replica_id=replica)
     return out
-
-
-def _local_values(state, record, field: str) -> torch.Tensor:
-    """This rank's values of `field` for `record`, flat: the whole TP shard for `param` and
-    the plain optimizer, the owned range with the distributed optimizer."""
-    if field == "param":
-        return record.param.detach().reshape(-1)
-    piece = state.owned_piece(record, field)
-    if piece is not None:
-        return piece.reshape(-1).float()
-    size = record.param.numel() if record.span is None else record.span[1] - record.span[0]
-    if field == "master":  # no separate master: the weights are it
-        return record.param.detach().reshape(-1).float()
-    return torch.zeros(size, dtype=torch.float32, device=record.param.device)  # before Adam's first step
 
 
 @torch.no_grad()
@@ -281,16 +267,10 @@ def _fill_from_boxes(model, optimizer, arch: Arch, loaded: dict, step: Optional[
             return flat.to(record.param.device)
 
         weights = assemble("param", (0, record.param.numel()))
-        record.param.copy_(weights.view(record.param.shape).to(record.param.dtype))
-        if record.master is None:
-            continue
-        span = record.span if record.span is not None else (0, record.param.numel())
-        if not record.shares_storage:
-            record.master.copy_(weights[span[0]:span[1]].view(record.master.shape))
-        if step is not None:
-            adam = record.adam()
-            for moment in MOMENTS:
-                adam[moment] = assemble(moment, span).view(record.master.shape)
+        span = state.owned_span(record)
+        moments = ({moment: assemble(moment, span) for moment in MOMENTS}
+                   if step is not None and record.master is not None else None)
+        state.fill_owned(record, weights, moments)
     if step is not None:
         state.set_step(step)
 

@@ -1,186 +1,168 @@
-"""The pruning schedule as a trainer hook: k gradient steps, then p removals, until the target.
+"""Pruning-aware pretraining as a training component: k gradient steps, then p removals, until the target.
 
 Each backward pass adds the step's saliency to the running sums; after every
-`prune.grad_steps` optimizer steps the sums are reduced across ranks, and up to
-`prune.prune_steps` minimal groups are chosen and physically removed (METHOD.md §5).
-When the model is at or below `prune.target_params`, the run goes on as plain
-pretraining. Every removal is appended to `<checkpoint.dir>/pruning_events.jsonl`.
+`prune.grad_steps` optimizer steps the sums are reduced across ranks, a round is planned
+(`pap.pruning.round_plan`) and carried out on the sharded training state
+(`pap.sharding.reshard`), after EfficientLLM-B's update of the surviving weights when
+`prune.update` is `obs` (docs/METHOD.md §5-6). When the model is at or below
+`prune.target_params`, the run goes on as plain pretraining. Every removal is appended to
+`<checkpoint.dir>/pruning_events.jsonl`.
+
+The component owns its windows (saliency sums; layer-input Hessians for `obs`; layer
+cosines for `adaptive`) and their checkpoint parts: its rank state (`state_dict`) and a
+layout-free copy (`pap.sharding.portable_window`).
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import replace
-from typing import List, Optional
+from pathlib import Path
+from typing import List, Optional, Sequence
 
-import torch
-
-from pap import fault_injection
+from pap.callbacks import Callback
+from pap.checkpoint import iteration_dir, tag
+from pap.config import PruneConfig
 from pap.pruning.accumulator import SaliencyAccumulator
-from pap.pruning.select import (UNTOUCHED, Floors, GroupScores, Removal, aligning_kind, choose, choose_greedy,
-                                remove_from_arch)
+from pap.pruning.layer_cosine import LayerCosine
+from pap.pruning.round_plan import SELECTION_MODES, RoundPlan, RoundSettings, plan_round
+from pap.pruning.select import Removal
+from pap.pruning_log import LINES_PER_ROUND, EventLog, removal_event, shape_line, shape_summary
+from pap.sharding.distopt import owned_ranges
+from pap.sharding.hessians import HessianWindow
+from pap.sharding.obs_round import ObsStats, apply_obs
+from pap.sharding.portable_window import load_window, read_window, save_window
 from pap.sharding.reduce_saliency import global_layer_cosine, global_scores
-from pap.sharding.reshard import apply_removals
+from pap.sharding.reshard import Rebuild, RoundResult, execute_round
+from pap.sharding.training_state import TrainingState
 
 
-def _drop(vector: torch.Tensor, index: int) -> torch.Tensor:
-    return torch.cat([vector[:index], vector[index + 1:]])
+def target_params(cfg: PruneConfig, source_params: int) -> int:
+    """`prune.target_params` as a parameter count (a fraction refers to the source model)."""
+    return int(cfg.target_params if cfg.target_params > 1 else cfg.target_params * source_params)
 
 
-def scores_after(scores: GroupScores, removal: Removal) -> GroupScores:
-    """The remaining groups' scores once `removal` is gone (for several removals per round)."""
-    if removal.kind == "attn":
-        return replace(scores, attn=[v if i == UNTOUCHED else _drop(v, i) for v, i in zip(scores.attn, removal.indices)])
-    if removal.kind == "ffn":
-        return replace(scores, ffn=[v if i == UNTOUCHED else _drop(v, i) for v, i in zip(scores.ffn, removal.indices)])
-    return replace(scores, stem=_drop(scores.stem, removal.indices[0]))
+def restored_removals(removals: Sequence[dict]) -> List[Removal]:
+    """Removals saved in `Removal.to_dict` form."""
+    return [Removal(r["kind"], tuple(r["indices"]), r["score"], tuple(r["candidates"][k] for k in ("attn", "ffn", "stem")))
+            for r in removals]
 
 
-def layer_mean(values):
-    """The per-layer mean of a width: an int when every layer has it (uniform pruning)."""
-    values = list(values)
-    return values[0] if len(set(values)) == 1 else sum(values) / len(values)
+def run_round(trainer, plan: RoundPlan, rebuild: Optional[Rebuild] = None, executor=execute_round) -> RoundResult:
+    """Carry out `plan` on `trainer`'s model and optimizer and install what the round
+    returns (collective). `rebuild` defaults to the trainer's own; `executor` is
+    `execute_round` or its oracle `gather_and_rebuild`."""
+    trainer.sync_params()
+    result = executor(trainer.model, trainer.optimizer, TrainingState(trainer.model.module, trainer.optimizer), plan,
+                      rebuild or (lambda arch, fill: trainer.rebuild(arch, fill=fill)))
+    trainer.model, trainer.optimizer, trainer.arch = result.model, result.optimizer, result.arch
+    return result
 
 
-def removal_event(iteration: int, tokens: int, removal: Removal, arch, **extra) -> dict:
-    """One line of `pruning_events.jsonl`: the removal and the shape right after it (`arch`):
-    `heads`/`ffn` are per-layer means (the width of every layer under uniform pruning),
-    `heads_per_layer`/`ffn_per_layer` the widths; `extra` adds fields (the OBS update's
-    reconstruction errors, an adaptive increment's layer cosines and sparsities)."""
-    layers = range(arch.num_layers)
-    return {"iteration": iteration, "tokens": tokens, **removal.to_dict(), "params": arch.num_params(),
-            "heads": layer_mean(arch.num_heads(l) for l in layers), "kv_heads": [arch.num_kv_heads(l) for l in layers],
-            "ffn": layer_mean(arch.ffn), "hidden": arch.hidden_size,
-            "heads_per_layer": [arch.num_heads(l) for l in layers], "ffn_per_layer": list(arch.ffn), **extra}
+def remove_groups(trainer, removals: Sequence[Removal], executor=execute_round) -> RoundResult:
+    """Remove `removals` (in order) from `trainer`'s model and optimizer on every rank, as a
+    round would (collective); for tools and tests that choose the removals themselves."""
+    return run_round(trainer, RoundPlan.of(trainer.arch, removals), executor=executor)
 
 
-def _widths(values) -> str:
-    """A width for the progress line: `8` when every layer has it, else `min-max`."""
-    values = list(values)
-    low, high = min(values), max(values)
-    return str(low) if low == high else f"{low}-{high}"
+class PruningHook(Callback):
+    """Owns the pruning windows and decides when and what to remove."""
 
+    name = "pruning"
 
-_LINES_PER_ROUND = 32
-"""Rounds with more removals than this print one summary line instead of a line each."""
-
-
-def _shape_line(arch, target: int) -> str:
-    reached = " (target reached)" if arch.num_params() <= target else ""
-    layers = range(arch.num_layers)
-    return (f"{arch.num_params():,} params, heads {_widths(arch.num_heads(l) for l in layers)}, "
-            f"ffn {_widths(arch.ffn)}, hidden {arch.hidden_size}{reached}")
-
-
-class PruningHook:
-    """Owns the saliency window and decides when and what to remove."""
-
-    def __init__(self, trainer, events_file: Optional[str] = None):
-        cfg = trainer.cfg.prune
+    def __init__(self, cfg: PruneConfig, events_file: Optional[str] = None):
         self.cfg = cfg
-        self.accumulator = SaliencyAccumulator(cfg.metric)
-        start = trainer.source_arch.num_params()
-        self.target = int(cfg.target_params if cfg.target_params > 1 else cfg.target_params * start)
-        self.floors = Floors(heads=cfg.min_heads, ffn=cfg.min_ffn, hidden=cfg.min_hidden, kv_heads=cfg.min_kv_heads)
+        self.settings = RoundSettings.from_config(cfg)
+        self.mode = SELECTION_MODES[cfg.layers]
+        self.floors = self.settings.floors
         self.events_file = events_file
+        self.accumulator = SaliencyAccumulator(cfg.metric)
+        self.target = 0
+        """`prune.target_params` as a count (set up from the run's source model)."""
         self.removals: List[Removal] = []
         self._new_removals: List[Removal] = []
         self.reached_now = False
-        """Set by the round that reaches the target; the trainer saves the `pruned` checkpoint."""
+        """Set by the round that reaches the target; `on_step_logged` saves the `pruned` checkpoint."""
         self.stuck_at_floors = False
         """Set once a round found nothing removable above the target (reported once)."""
         self.round_seconds = 0.0
         """Wall time of the last pruning round (reduction, choice, removal and rebuild)."""
         self._round_ran = False
-        self.hessians = None
+        self.hessians: Optional[HessianWindow] = None
         """`prune.update: obs`: the window's layer-input Hessians (`pap.sharding.hessians`)."""
-        self.obs = None
+        self.obs: Optional[ObsStats] = None
         """The last round's `ObsStats` (errors and time of the updates)."""
-        if cfg.update == "obs":
-            from pap.sharding.hessians import HessianWindow
+        self.cosine: Optional[LayerCosine] = LayerCosine() if self.mode.needs_layer_cosine else None
+        """`prune.layers: adaptive`: the window's per-layer input/output cosine sums."""
+        self.log: Optional[EventLog] = None
 
-            self.hessians = HessianWindow(cfg.hessian_tokens, trainer.cfg.train.global_batch_size,
+    # ---- events ----------------------------------------------------------------------------
+    def setup(self, trainer) -> None:
+        self.target = target_params(self.cfg, trainer.source_arch.num_params())
+        self.log = EventLog(self.events_file, trainer.topo.rank == 0)
+        if self.cfg.update == "obs":
+            self.hessians = HessianWindow(self.cfg.hessian_tokens, trainer.cfg.train.global_batch_size,
                                           trainer.cfg.data.seq_length, trainer.topo.tp, trainer.topo.dp)
             if self.active(trainer):
                 self.hessians.attach(trainer.model.module, trainer.arch)
-        self.cosine = None
-        """`prune.layers: adaptive`: the window's per-layer input/output cosine sums."""
-        self.layer_plan = None
-        """The last adaptive increment's per-layer cosines and sparsities (for the event log)."""
-        if cfg.layers == "adaptive":
-            from pap.pruning.layer_cosine import LayerCosine
+        if self.cosine is not None and self.active(trainer):
+            self._attach_cosine(trainer)
+        # Keep the events up to the checkpoint resumed from; a fresh start (a run killed
+        # before its first checkpoint, started again) empties the log.
+        self.log.truncate(trainer.iteration)
 
-            self.cosine = LayerCosine()
-            if self.active(trainer):
-                self._attach_cosine(trainer)
-        trainer.after_backward_hooks.append(self.after_backward)
-        trainer.after_step_hooks.append(self.after_step)
+    def restore(self, trainer, saved: Optional[dict], checkpoint_dir: Path) -> None:
+        """The windows of the checkpoint: this rank's own state when the layout maps onto the
+        saved one (bit-exact), else its share of the layout-free copy."""
+        if saved is not None:
+            self.load_state_dict(saved)
+            return
+        window = read_window(checkpoint_dir)
+        if window is not None:
+            self.restore_removals(window["target"], window["removals"])
+        if window is not None and load_window(window, checkpoint_dir, self.accumulator, self.cosine,
+                                              trainer.model.module, trainer.optimizer, trainer.arch):
+            if trainer.topo.rank == 0:
+                print(f"pap: saliency window restored at a new layout ({self.accumulator.steps} steps)", flush=True)
+                if self.hessians is not None:
+                    # Each H lives whole on one rank of the saved layout; the removals stay those of
+                    # the saliency window, the round's update sees the steps from here on.
+                    print("pap: the Hessian window (prune.update=obs) restarts at a new layout", flush=True)
+        elif trainer.topo.rank == 0:
+            print("pap: the saliency window restarts (not saved, or saved for another metric)", flush=True)
 
-    def _attach_cosine(self, trainer) -> None:
-        from megatron.core import parallel_state as ps
+    def on_train_start(self, trainer) -> None:
+        if not self.active(trainer) and not self.removals:
+            trainer.progress.print(f"pap: the model has no more than prune.target_params ({self.target:,}) "
+                                   f"parameters already; training without pruning")
 
-        counts = trainer.cfg.parallel.sequence_parallel or ps.get_tensor_model_parallel_rank() == 0
-        self.cosine.attach(trainer.model.module, counts)
-
-    def active(self, trainer) -> bool:
-        return trainer.arch.num_params() > self.target
-
-    def after_backward(self, trainer) -> None:
+    def post_backward(self, trainer) -> None:
         if self.active(trainer):
-            from pap.sharding.distopt import owned_ranges
-
             self.accumulator.update(trainer.model.module, trainer.arch.head_dim, owned_ranges(trainer.optimizer))
             if self.hessians is not None:
                 self.hessians.end_step()
 
-    def after_step(self, trainer, step) -> None:
+    def post_step(self, trainer, step) -> None:
         if not self.active(trainer) or self.accumulator.steps < self.cfg.grad_steps:
             return
         start = time.time()
         scores = global_scores(self.accumulator, trainer.arch, dp_sharded=trainer.cfg.parallel.distributed_optimizer)
-        # Choose the round's removals on the Arch alone, then cut them all in one rebuild.
-        if self.cfg.layers == "adaptive":
-            arch, chosen, scores = self._increment(trainer, scores)
-        else:
-            arch, chosen = trainer.arch, []
-            while len(chosen) < self.cfg.prune_steps and arch.num_params() > self.target:
-                removal = self._choose(scores, arch)
-                if removal is None:
-                    break
-                arch = remove_from_arch(arch, removal)
-                chosen.append((removal, arch))
-                scores = scores_after(scores, removal)
-        if chosen and arch.num_params() <= self.target and self.cfg.final_multiple_of > 1:
-            chosen += self._aligning(scores, arch)
-        errors = [{}] * len(chosen)
-        if chosen and self.layer_plan is not None:  # the increment's first event carries its plan
-            errors[0] = dict(self.layer_plan)
-        if chosen and self.hessians is not None:
-            from pap.sharding.obs_round import apply_obs
-
-            self.obs = apply_obs(trainer, self.hessians, chosen, self.cfg.hessian_damp)
+        cosine = global_layer_cosine(self.cosine, trainer.arch) if self.mode.needs_layer_cosine else None
+        plan = plan_round(scores, trainer.arch, self.settings, self.target, self.mode, cosine)
+        notes = list(plan.notes)
+        if plan and self.hessians is not None:
+            trainer.sync_params()
+            self.obs = apply_obs(trainer.model, TrainingState(trainer.model.module, trainer.optimizer),
+                                 self.hessians, plan, self.cfg.hessian_damp)
             # The round solves each layer once for all its removals: the errors are per kind.
-            errors = [{**extra, "obs_error": self.obs.errors.get(removal.kind),
-                       "obs_error_plain": self.obs.plain_errors.get(removal.kind)}
-                      for (removal, _), extra in zip(chosen, errors)]
-        if chosen:
-            apply_removals(trainer, [removal for removal, _ in chosen])
-        # A line per removal, unless a round has more than fit a screen (an adaptive increment is
-        # thousands at scale): then one line for the round. Every removal goes to the event log.
-        each = len(chosen) <= _LINES_PER_ROUND
-        for (removal, after), extra in zip(chosen, errors):
-            self.removals.append(removal)
-            self._new_removals.append(removal)
-            self._record(trainer, removal, after, extra, printed=each)
-        if chosen and not each and trainer.topo.rank == 0:
-            counts = {kind: sum(r.kind == kind for r, _ in chosen) for kind in ("attn", "ffn", "stem")}
-            print(f"pruned {len(chosen)} groups at iteration {trainer.iteration} "
-                  f"({', '.join(f'{n} {kind}' for kind, n in counts.items() if n)}): "
-                  f"{_shape_line(trainer.arch, self.target)}", flush=True)
+            notes = [{**note, "obs_error": self.obs.errors.get(removal.kind),
+                      "obs_error_plain": self.obs.plain_errors.get(removal.kind)}
+                     for removal, note in zip(plan.removals, notes)]
+        if plan:
+            run_round(trainer, plan)
+        self._record_round(trainer, plan, notes)
         self.reached_now = not self.active(trainer)
-        self._next_window(trainer, rebuilt=bool(chosen))
-        if not chosen:  # every dimension at its floor above the target
+        self._next_window(trainer, rebuilt=bool(plan))
+        if not plan:  # every dimension at its floor above the target
             if not self.stuck_at_floors and trainer.topo.rank == 0:
                 print(f"pap: prune.target_params ({self.target:,}) cannot be reached: every dimension is at its "
                       f"prune.min_* floor at {trainer.arch.num_params():,} parameters; training goes on at this "
@@ -190,99 +172,13 @@ class PruningHook:
         self.round_seconds = time.time() - start
         self._round_ran = True
         if trainer.topo.rank == 0:
-            print(f"pruning round at iteration {trainer.iteration}: {len(chosen)} removal(s) in "
+            print(f"pruning round at iteration {trainer.iteration}: {len(plan.steps)} removal(s) in "
                   f"{self.round_seconds:.2f} s", flush=True)
 
-    def _next_window(self, trainer, rebuilt: bool) -> None:
-        """Restart the window's sums (saliency, layer cosines, Hessians). The hooks follow a
-        rebuilt model, and go once the target is reached (plain pretraining pays nothing)."""
-        self.accumulator.reset()
-        hooked = [(self.cosine, lambda: self._attach_cosine(trainer)),
-                  (self.hessians, lambda: self.hessians.attach(trainer.model.module, trainer.arch))]
-        for window, attach in hooked:
-            if window is None:
-                continue
-            window.reset()
-            if self.reached_now:
-                window.detach()
-            elif rebuilt:
-                attach()
-
-    def _choose(self, scores: GroupScores, arch, kinds=("attn", "ffn", "stem"), normalize="config",
-                align=None) -> Optional[Removal]:
-        """The next removal under `prune.layers` uniform or greedy."""
-        normalize = self.cfg.normalize if normalize == "config" else normalize
-        if self.cfg.layers == "uniform":
-            return choose(scores, arch, normalize, self.floors, kinds=kinds)
-        return choose_greedy(scores, arch, normalize, self.floors, kinds=kinds, align=align)
-
-    def _increment(self, trainer, scores: GroupScores):
-        """`prune.layers: adaptive`: one increment's removals, planned from the window's layer
-        cosines (reduced over every rank) and Taylor scores; stops at the target.
-        Returns (arch after, [(removal, arch after it)], scores of what is left)."""
-        from pap.pruning.adaptive import layer_sparsity, plan_increment
-
-        arch = trainer.arch
-        cosine = global_layer_cosine(self.cosine, arch)
-        budget = min(self.cfg.increment * arch.num_params(), arch.num_params() - self.target)
-        self.layer_plan = {"layer_cosine": cosine,
-                           "layer_sparsity": layer_sparsity(arch, cosine, self.cfg.adapt_amplitude, budget)}
-        chosen = []
-        for removal in plan_increment(scores, arch, cosine, self.cfg.increment, self.cfg.adapt_amplitude,
-                                      self.target, self.floors):
-            if arch.num_params() <= self.target:
-                break
-            arch = remove_from_arch(arch, removal)
-            chosen.append((removal, arch))
-            scores = scores_after(scores, removal)
-        return arch, chosen, scores
-
-    def _aligning(self, scores: GroupScores, arch) -> list:
-        """The round that reaches the target also takes the least salient extra FFN and hidden
-        channels until those widths are multiples of `prune.final_multiple_of` (the fastest
-        GEMM shapes for the continued stage), or a floor stops it: [(removal, arch after)]."""
-        multiple, out = self.cfg.final_multiple_of, []
-        for kind in ("ffn", "stem"):
-            while aligning_kind(arch, multiple) == kind:
-                removal = self._choose(scores, arch, kinds=(kind,), normalize=None, align=multiple)
-                if removal is None:  # at its floor: left unaligned
-                    break
-                arch = remove_from_arch(arch, removal)
-                out.append((removal, arch))
-                scores = scores_after(scores, removal)
-        return out
-
-    def state_dict(self) -> dict:
-        """The saliency window and the removals so far (this rank's share)."""
-        state = {"accumulator": self.accumulator.state_dict(), "target": self.target,
-                 "removals": [r.to_dict() for r in self.removals]}
-        if self.hessians is not None:
-            state["hessians"] = self.hessians.state_dict()
-        if self.cosine is not None:
-            state["cosine"] = self.cosine.state_dict()
-        return state
-
-    def truncate_events(self, iteration: int) -> None:
-        """Drop logged removals after `iteration` (a resumed run makes them again)."""
-        from pap.progress import truncate_jsonl
-
-        truncate_jsonl(self.events_file, iteration)
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore this rank's own saved state (same layout as the save)."""
-        self.accumulator.load_state_dict(state["accumulator"])
-        self.restore_removals(state["target"], state["removals"])
-        if self.hessians is not None and "hessians" in state:
-            self.hessians.load_state_dict(state["hessians"])
-        if self.cosine is not None and "cosine" in state:
-            self.cosine.load_state_dict(state["cosine"])
-
-    def restore_removals(self, target: int, removals: List[dict]) -> None:
-        """The target and the removals so far, as saved (`Removal.to_dict` form)."""
-        self.target = target
-        self.removals = [Removal(r["kind"], tuple(r["indices"]), r["score"],
-                                 tuple(r["candidates"][k] for k in ("attn", "ffn", "stem")))
-                         for r in removals]
+    def on_step_logged(self, trainer) -> None:
+        if self.reached_now:
+            self.reached_now = False
+            self._target_reached(trainer)
 
     def scalars(self, trainer) -> dict:
         """TensorBoard `pruning/*` scalars for this step (shape; saliencies when a round ran)."""
@@ -314,21 +210,103 @@ class PruningHook:
             self._new_removals = []
         return values
 
-    def shape_summary(self, trainer) -> str:
-        arch = trainer.arch
-        return (f"params {arch.num_params() / 1e6:.2f}M heads {_widths(arch.num_heads(l) for l in range(arch.num_layers))} "
-                f"kv {_widths(arch.num_kv_heads(l) for l in range(arch.num_layers))} ffn {_widths(arch.ffn)} "
-                f"hidden {arch.hidden_size}")
+    def progress_note(self, trainer) -> str:
+        return shape_summary(trainer.arch)
 
-    def _record(self, trainer, removal: Removal, arch, extra: Optional[dict] = None, printed: bool = True) -> None:
-        """Log one removal (event file; stdout when `printed`); `arch` is the shape right after it."""
-        event = removal_event(trainer.iteration, trainer.iteration * trainer.tokens_per_iter, removal, arch,
-                              **(extra or {}))
-        if trainer.topo.rank == 0:
-            if printed:
+    def state_dict(self) -> dict:
+        """The windows and the removals so far (this rank's share)."""
+        state = {"accumulator": self.accumulator.state_dict(), "target": self.target,
+                 "removals": [r.to_dict() for r in self.removals]}
+        if self.hessians is not None:
+            state["hessians"] = self.hessians.state_dict()
+        if self.cosine is not None:
+            state["cosine"] = self.cosine.state_dict()
+        return state
+
+    def write_checkpoint(self, trainer, directory: Path) -> None:
+        """The layout-free copy of the windows (`pap.sharding.portable_window`)."""
+        save_window(directory, self.accumulator, self.cosine, self.target, self.removals, trainer.model.module,
+                    trainer.optimizer, trainer.arch, trainer.cfg.parallel.distributed_optimizer)
+
+    # ---- state -----------------------------------------------------------------------------
+    def active(self, trainer) -> bool:
+        return trainer.arch.num_params() > self.target
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore this rank's own saved state (same layout as the save)."""
+        self.accumulator.load_state_dict(state["accumulator"])
+        self.restore_removals(state["target"], state["removals"])
+        if self.hessians is not None and "hessians" in state:
+            self.hessians.load_state_dict(state["hessians"])
+        if self.cosine is not None and "cosine" in state:
+            self.cosine.load_state_dict(state["cosine"])
+
+    def restore_removals(self, target: int, removals: List[dict]) -> None:
+        """The target and the removals so far, as saved (`Removal.to_dict` form)."""
+        self.target = target
+        self.removals = restored_removals(removals)
+
+    def shape_summary(self, trainer) -> str:
+        return shape_summary(trainer.arch)
+
+    # ---- internals -------------------------------------------------------------------------
+    def _attach_cosine(self, trainer) -> None:
+        from megatron.core import parallel_state as ps  # megatron-core: heavy, and needs its parallel state
+
+        counts = trainer.cfg.parallel.sequence_parallel or ps.get_tensor_model_parallel_rank() == 0
+        self.cosine.attach(trainer.model.module, counts)
+
+    def _next_window(self, trainer, rebuilt: bool) -> None:
+        """Restart the windows' sums (saliency, layer cosines, Hessians). The hooks follow a
+        rebuilt model, and go once the target is reached (plain pretraining pays nothing)."""
+        self.accumulator.reset()
+        hooked = [(self.cosine, lambda: self._attach_cosine(trainer)),
+                  (self.hessians, lambda: self.hessians.attach(trainer.model.module, trainer.arch))]
+        for window, attach in hooked:
+            if window is None:
+                continue
+            window.reset()
+            if self.reached_now:
+                window.detach()
+            elif rebuilt:
+                attach()
+
+    def _record_round(self, trainer, plan: RoundPlan, notes: List[dict]) -> None:
+        """Log the round's removals: every one to the event log; printed one line each, or
+        one line for a round of more than fit a screen (an adaptive increment is thousands)."""
+        each = len(plan.steps) <= LINES_PER_ROUND
+        for (removal, after), note in zip(plan.steps, notes):
+            self.removals.append(removal)
+            self._new_removals.append(removal)
+            event = removal_event(trainer.iteration, trainer.iteration * trainer.tokens_per_iter, removal, after,
+                                  **note)
+            if each and trainer.topo.rank == 0:
                 print(f"pruned {removal.kind} {list(removal.indices)} at iteration {trainer.iteration}: "
-                      f"{_shape_line(arch, self.target)}", flush=True)
-            if self.events_file:
-                with open(self.events_file, "a") as f:
-                    f.write(json.dumps(event) + "\n")
-                fault_injection.point("events.after_write")
+                      f"{shape_line(after, self.target)}", flush=True)
+            self.log.append(event)
+        if plan and not each and trainer.topo.rank == 0:
+            counts = {kind: sum(r.kind == kind for r in plan.removals) for kind in ("attn", "ffn", "stem")}
+            print(f"pruned {len(plan.steps)} groups at iteration {trainer.iteration} "
+                  f"({', '.join(f'{n} {kind}' for kind, n in counts.items() if n)}): "
+                  f"{shape_line(trainer.arch, self.target)}", flush=True)
+
+    def _target_reached(self, trainer) -> None:
+        """Announce the end of the pruning stage and save the `pruned` checkpoint."""
+        cfg = trainer.cfg
+        trainer.progress.print(f"pap: pruning target reached at iteration {trainer.iteration} "
+                               f"({trainer.iteration * trainer.tokens_per_iter:,} tokens): "
+                               f"{trainer.arch.num_params():,} parameters (target {self.target:,}) after "
+                               f"{len(self.removals)} removals; continuing as plain pretraining")
+        # The pruned model's loss before any continued training: what the pruning stage kept.
+        # (The interval's and the final validation report it already at those iterations.)
+        interval = cfg.train.eval_interval
+        if trainer.iteration < cfg.train.iters and not (interval and trainer.iteration % interval == 0):
+            trainer.report_validation()
+        if not (cfg.checkpoint.dir and cfg.checkpoint.save_pruned):
+            return
+        if trainer.last_saved != trainer.iteration:
+            trainer.save()
+        if trainer.topo.rank == 0:
+            link = tag(cfg.checkpoint.dir, trainer.iteration, "pruned")
+            trainer.progress.print(f"saved checkpoint {iteration_dir(cfg.checkpoint.dir, trainer.iteration)} "
+                                   f"(tagged {link})")

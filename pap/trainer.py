@@ -1,8 +1,11 @@
 """The training loop on megatron-core: parallel state, DDP, optimizer, schedules.
 
 `Trainer(cfg)` builds everything for this rank (resuming from `cfg.checkpoint.dir` when
-it holds a checkpoint); `Trainer.run()` trains to `cfg.train.iters`. Callbacks in
-`after_step_hooks` run after every optimizer step: that is where pruning plugs in.
+it holds a checkpoint); `Trainer.run()` trains to `cfg.train.iters`. The trainer runs
+steps, schedules, logging, validation and checkpoints; every other feature is a component
+(`pap.callbacks.Callback`) that listens to its events and owns its state. The components
+of a run come from its config (`pap.components.callbacks_for`) unless given; the forward
+step and loss are injectable (`pap.forward_step`).
 """
 
 from __future__ import annotations
@@ -11,55 +14,45 @@ import gc
 import os
 import time
 import weakref
-from dataclasses import dataclass
-from functools import partial
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 
 from pap import checkpoint
 from pap.arch import Arch
+from pap.callbacks import Callback, StepResult
 from pap.config import PapConfig
 from pap.data import Batches, BatchStream, build_datasets
 from pap.distributed import Topology, init_distributed
 from pap.errors import PapError, describe_os_error
 from pap.exit_request import ExitRequest
+from pap.forward_step import lm_forward_step
 from pap.model import build_model, describe_implementation, fusions_off_without_gpu
 from pap.progress import Progress, truncate_jsonl
 
 
-@dataclass
-class StepResult:
-    """What one optimizer step reports (loss averaged over the global batch)."""
-
-    loss: float
-    grad_norm: float
-    lr: float
-    seconds: float
-    skipped: bool
-
-
-def _masked_mean_loss(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
-    mask = loss_mask.reshape(-1).float()
-    loss = (per_token_loss.float().reshape(-1) * mask).sum() / mask.sum().clamp(min=1)
-    # clone: megatron's schedule divides the returned tensor in place by the number of
-    # micro batches (schedules.py:269), which would corrupt the logged value.
-    return loss, {"lm loss": loss.detach().clone()}
-
-
-def _forward_step(data_iterator, model):
-    batch = next(data_iterator)
-    device = next(model.parameters()).device
-    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
-    return output, partial(_masked_mean_loss, batch["loss_mask"])
-
-
 class Trainer:
-    """One rank's share of a pap training run."""
+    """One rank's share of a pap training run.
 
-    def __init__(self, cfg: PapConfig, topology: Optional[Topology] = None):
+    `callbacks`: the run's components (default: those its config asks for,
+    `pap.components.callbacks_for`); `forward_step`: megatron-core's `forward_step_func`
+    contract (default: the next-token loss, `pap.forward_step.lm_forward_step`).
+    """
+
+    def __init__(self, cfg: PapConfig, topology: Optional[Topology] = None,
+                 callbacks: Optional[Sequence[Callback]] = None, forward_step: Optional[Callable] = None):
+        if callbacks is None:
+            # Deferred: the components module imports the features, which import model code.
+            from pap.components import callbacks_for
+
+            callbacks = callbacks_for(cfg)
+        self.callbacks: List[Callback] = sorted(callbacks, key=lambda c: -c.priority)
+        self.forward_step = forward_step or lm_forward_step
+        self.progress: Optional[Progress] = None
+        """The run's printer and logger while `run` is going (None before)."""
+        self.last_saved: Optional[int] = None
+        """The iteration of the last checkpoint this run wrote or resumed from."""
         self.cfg = cfg
         self.topo = topology or init_distributed(cfg.parallel.tp, cfg.parallel.pp, cfg.train.seed)
         # Before anything is read from or written to the run directory: one run per directory.
@@ -72,7 +65,9 @@ class Trainer:
             raise
 
     def _start(self, cfg: PapConfig) -> None:
-        """Everything after the lock: resume point, data, model, optimizer, pruning hook."""
+        """Everything after the lock: resume point, data, model, optimizer, components."""
+        # megatron-core is imported where it is used: importing it is slow, and pap's
+        # config and CLI errors come before it.
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
         t = cfg.train
@@ -90,7 +85,7 @@ class Trainer:
             check_same_model_settings(self.init_from, cfg)
         source = self.resume or self.init_from
         self.arch: Arch = source.arch if source else Arch.from_model_config(cfg.model)
-        # The model the run started from: fractions such as prune.target_params refer to it.
+        # The model the run started from (`checkpoint.init_from`, else the configured model).
         self.source_arch: Arch = (checkpoint.read(cfg.checkpoint.init_from).arch if cfg.checkpoint.init_from
                                   else Arch.from_model_config(cfg.model))
 
@@ -127,51 +122,23 @@ class Trainer:
         elif source:
             # The optimizer exists already: its fp32 masters must take the source's weights too.
             checkpoint.load_model(source, self.model.module, self.optimizer)
-        # Pruning plugs in here: after_backward sees reduced gradients before the update,
-        # after_step may change the model (see pap.prune_hook).
-        self.after_backward_hooks: List[Callable[["Trainer"], None]] = []
-        self.after_step_hooks: List[Callable[["Trainer", StepResult], None]] = []
-        self.pruning = None
-        if cfg.prune.enabled:
-            from pap.prune_hook import PruningHook
-
-            events = f"{cfg.checkpoint.dir}/pruning_events.jsonl" if cfg.checkpoint.dir else None
-            self.pruning = PruningHook(self, events)
-            if self.topo.rank == 0:
-                # Keep the events up to the checkpoint resumed from; a fresh start (a run killed
-                # before its first checkpoint, started again) empties the log.
-                self.pruning.truncate_events(self.iteration)
-            if self.iteration:
-                self._restore_pruning_window()
+        for callback in self.callbacks:
+            callback.setup(self)
+        if self.iteration and self.callbacks:
+            saved = checkpoint.load_rank_state(self.resume, self.layout)
+            for callback in self.callbacks:
+                callback.restore(self, saved.get(callback.name) if saved is not None else None, self.resume.path)
         self.exit_request = ExitRequest(t.exit_file, t.exit_signal, self.topo.rank == 0)
         self.exit_voted = False
 
-    def _restore_pruning_window(self) -> None:
-        """The saliency window of the checkpoint: this rank's own state when the layout maps
-        onto the saved one (bit-exact), else its share of the layout-free copy."""
-        from pap.sharding.portable_window import load_window
-
-        saved = checkpoint.load_rank_state(self.resume, self.layout)
-        if saved is not None:
-            self.pruning.load_state_dict(saved["pruning"])
-        elif load_window(self.pruning, self, self.resume.path):
-            if self.topo.rank == 0:
-                print(f"pap: saliency window restored at a new layout ({self.pruning.accumulator.steps} steps)",
-                      flush=True)
-                if self.pruning.hessians is not None:
-                    # Each H lives whole on one rank of the saved layout; the removals stay those of
-                    # the saliency window, the round's update sees the steps from here on.
-                    print("pap: the Hessian window (prune.update=obs) restarts at a new layout", flush=True)
-        elif self.topo.rank == 0:
-            print("pap: the saliency window restarts (not saved, or saved for another metric)", flush=True)
-
-    def rebuild(self, arch: Arch, draw: bool = False, fill=None) -> None:
-        """(Re)build this rank's model stage, DDP wrapper and optimizer for `arch`.
+    def rebuild(self, arch: Arch, draw: bool = False, fill=None) -> Tuple[object, object]:
+        """(Re)build this rank's model stage, DDP wrapper and optimizer for `arch`; returns
+        (DDP-wrapped model, optimizer).
 
         With `draw`, weights come from pap.init; without, they are left as allocated, for
-        callers that write the training state next (a pruning round, a resume). The LR
+        callers that write the training state next (a shape change, a resume). The LR
         scheduler is kept. The previous model, DDP buffers and optimizer are freed first.
-        `fill` (a pruning round, `pap.sharding.local_round.LocalRound`) writes the weights
+        `fill` (`pap.sharding.reshard.Rebuild` says its three calls) writes the weights
         into the new model stage before DDP copies them into its buffers, parks the fp32
         masters in DDP's new gradient buffer before the optimizer allocates its own, and
         writes the optimizer state once the optimizer exists, so old and new copies of each
@@ -216,6 +183,7 @@ class Trainer:
         if scheduler is not None:
             scheduler.optimizer = self.optimizer
             scheduler.step(increment=0)  # write the current lr / wd into the new param groups
+        return self.model, self.optimizer
 
     def release(self) -> None:
         """Drop every reference to the current model, DDP wrapper and optimizer so they are freed
@@ -275,7 +243,7 @@ class Trainer:
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         losses = get_forward_backward_func()(
-            forward_step_func=_forward_step,
+            forward_step_func=self.forward_step,
             data_iterator=iter(microbatches),
             model=[self.model],
             num_microbatches=len(microbatches),
@@ -311,8 +279,8 @@ class Trainer:
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
         loss = self.forward_backward(self.train_stream.microbatches(self.consumed_samples))
-        for hook in self.after_backward_hooks:
-            hook(self)
+        for callback in self.callbacks:
+            callback.post_backward(self)
         update_ok, grad_norm, _ = self.optimizer.step()
         lr = self.optimizer.param_groups[0]["lr"]
         if update_ok:
@@ -321,9 +289,9 @@ class Trainer:
         self.consumed_samples += self.cfg.train.global_batch_size
         result = StepResult(loss=loss, grad_norm=float(grad_norm or 0.0), lr=lr,
                             seconds=time.time() - start, skipped=not update_ok)
-        for hook in self.after_step_hooks:
-            hook(self, result)
-        # The step's time includes its hooks (a pruning round), so throughput shows their cost.
+        for callback in self.callbacks:
+            callback.post_step(self, result)
+        # The step's time includes its components' work, so throughput shows their cost.
         result.seconds = time.time() - start
         return result
 
@@ -344,21 +312,27 @@ class Trainer:
     def sync_params(self) -> None:
         """Make every rank's model params current. With `parallel.overlap_param_gather` the
         updated params arrive bucket by bucket during the next forward; whatever reads them
-        outside a forward (a pruning round, a checkpoint save) calls this first."""
+        outside a forward (a change of shapes, a checkpoint save) calls this first."""
         if self.cfg.parallel.overlap_param_gather:
             self.model.start_param_sync(force_sync=True)
 
     def save(self) -> None:
-        """Checkpoint this iteration (collective), with the pruning window when pruning."""
-        from pap.sharding.portable_window import save_window
-
+        """Checkpoint this iteration (collective), with every component's state."""
         self.sync_params()
-        pruning = self.pruning
-        write_window = (lambda directory: save_window(pruning, self, directory)) if pruning else None
+        states = {c.name: state for c in self.callbacks if (state := c.state_dict()) is not None}
+
+        def write_extra(directory) -> None:
+            for callback in self.callbacks:
+                callback.write_checkpoint(self, directory)
+
         checkpoint.save(self.cfg.checkpoint.dir, self.iteration, self.consumed_samples, self.arch,
                         self.model.module, self.optimizer, self.scheduler, self.layout, self.cfg.to_dict(),
-                        rank_state={"pruning": self.pruning.state_dict()} if self.pruning else None,
-                        write_extra=write_window)
+                        rank_state=states or None, write_extra=write_extra if self.callbacks else None)
+        self.last_saved = self.iteration
+
+    def callback(self, name: str) -> Optional[Callback]:
+        """The run's component called `name`, or None."""
+        return next((c for c in self.callbacks if c.name == name), None)
 
     # ---- the loop --------------------------------------------------------------------------
     def run(self) -> Optional[float]:
@@ -371,97 +345,73 @@ class Trainer:
                 if path:
                     os.makedirs(path, exist_ok=True)
             truncate_jsonl(metrics, self.iteration)
-        progress = Progress(self.topo.rank == 0, cfg.train.iters, tb_dir, metrics)
-        from pap.eval.training import TrainingHarness  # eval.harness_tasks: benchmarks during training
-
-        harness = TrainingHarness.from_config(cfg)
+        progress = self.progress = Progress(self.topo.rank == 0, cfg.train.iters, tb_dir, metrics)
         progress.print(
             f"pap: {self.arch.num_params():,} parameters | tp={self.topo.tp} pp={self.topo.pp} dp={self.topo.dp} | "
             f"global batch {cfg.train.global_batch_size} x {cfg.data.seq_length} tokens | "
             + (f"resumed from {self.resume.path} at iteration {self.iteration}" if self.iteration
                else f"weights from {(self.resume or self.init_from).path}" if (self.resume or self.init_from)
                else "fresh start"))
-        if self.pruning and not self.pruning.active(self) and not self.pruning.removals:
-            progress.print(f"pap: the model has no more than prune.target_params ({self.pruning.target:,}) "
-                           f"parameters already; training without pruning")
+        for callback in self.callbacks:
+            callback.on_train_start(self)
         window_loss, window_steps, window_seconds = 0.0, 0, 0.0
-        last_saved = self.iteration if self.resume else None
+        self.last_saved = self.iteration if self.resume else None
         try:
             while self.iteration < cfg.train.iters:
-                # FLOPs of the shape this step runs on (pruning may change it after the step).
+                # FLOPs of the shape this step runs on (a component may change it after the step).
                 flops_per_iter = self.arch.flops_per_token(cfg.data.seq_length) * self.tokens_per_iter
                 step = self.train_step()
                 window_loss += step.loss
                 window_steps += 1
                 window_seconds += step.seconds
-                progress.scalars(self.iteration, {
+                scalars = {
                     "lm loss": step.loss, "learning-rate": step.lr, "grad-norm": step.grad_norm,
                     "iteration-time": step.seconds,
                     "throughput": flops_per_iter / step.seconds / 1e12 / self.topo.world_size,
                     "tokens-per-sec": self.tokens_per_iter / step.seconds,
-                    **(self.pruning.scalars(self) if self.pruning else {}),
-                })
+                }
+                for callback in self.callbacks:
+                    scalars.update(callback.scalars(self))
+                progress.scalars(self.iteration, scalars)
                 if self.iteration % cfg.log.interval == 0 or self.iteration == cfg.train.iters:
+                    notes = " ".join(note for c in self.callbacks if (note := c.progress_note(self)))
                     progress.train_line(self.iteration, self.iteration * self.tokens_per_iter,
                                         window_loss / window_steps, step.lr,
-                                        window_steps * self.tokens_per_iter / window_seconds,
-                                        self.pruning.shape_summary(self) if self.pruning else "")
+                                        window_steps * self.tokens_per_iter / window_seconds, notes)
                     window_loss, window_steps, window_seconds = 0.0, 0, 0.0
                 if cfg.train.eval_interval and self.iteration % cfg.train.eval_interval == 0 \
                         and self.iteration < cfg.train.iters:
-                    self._report_validation(progress)
-                if self.pruning and self.pruning.reached_now:
-                    self.pruning.reached_now = False
-                    last_saved = self._pruning_done(progress, last_saved)
+                    self.report_validation()
+                for callback in self.callbacks:
+                    callback.on_step_logged(self)
                 if cfg.checkpoint.dir and cfg.checkpoint.save_interval \
-                        and self.iteration % cfg.checkpoint.save_interval == 0 and last_saved != self.iteration:
+                        and self.iteration % cfg.checkpoint.save_interval == 0 and self.last_saved != self.iteration:
                     self.save()
-                    last_saved = self.iteration
                     progress.print(f"saved checkpoint {checkpoint.iteration_dir(cfg.checkpoint.dir, self.iteration)}")
-                if harness is not None and harness.due(self.iteration):
-                    last_saved = harness.run(self, progress, last_saved)
+                for callback in self.callbacks:
+                    callback.on_step_end(self)
                 if self.exit_voted:  # agreed in this step's loss all-reduce
-                    if cfg.checkpoint.dir and last_saved != self.iteration:
+                    if cfg.checkpoint.dir and self.last_saved != self.iteration:
                         self.save()
                     self.exit_request.acknowledge()
                     progress.print(f"pap: exit requested: stopped at iteration {self.iteration}"
                                    + (f", checkpoint {checkpoint.iteration_dir(cfg.checkpoint.dir, self.iteration)}"
                                       if cfg.checkpoint.dir else " (no checkpoint.dir: nothing saved)"))
                     return None
-            final = self._report_validation(progress)
-            if cfg.checkpoint.dir and cfg.checkpoint.save_at_end and last_saved != self.iteration:
+            final = self.report_validation()
+            if cfg.checkpoint.dir and cfg.checkpoint.save_at_end and self.last_saved != self.iteration:
                 self.save()
                 progress.print(f"saved checkpoint {checkpoint.iteration_dir(cfg.checkpoint.dir, self.iteration)}")
             return final
         finally:
             progress.close()
 
-    def _pruning_done(self, progress: Progress, last_saved: Optional[int]) -> Optional[int]:
-        """Announce the end of the pruning stage and save the `pruned` checkpoint; returns the last save."""
-        progress.print(f"pap: pruning target reached at iteration {self.iteration} "
-                       f"({self.iteration * self.tokens_per_iter:,} tokens): {self.arch.num_params():,} parameters "
-                       f"(target {self.pruning.target:,}) after {len(self.pruning.removals)} removals; "
-                       f"continuing as plain pretraining")
-        # The pruned model's loss before any continued training: what the pruning stage kept.
-        # (The interval's and the final validation report it already at those iterations.)
-        interval = self.cfg.train.eval_interval
-        if self.iteration < self.cfg.train.iters and not (interval and self.iteration % interval == 0):
-            self._report_validation(progress)
-        if not (self.cfg.checkpoint.dir and self.cfg.checkpoint.save_pruned):
-            return last_saved
-        if last_saved != self.iteration:
-            self.save()
-        if self.topo.rank == 0:
-            link = checkpoint.tag(self.cfg.checkpoint.dir, self.iteration, "pruned")
-            progress.print(f"saved checkpoint {checkpoint.iteration_dir(self.cfg.checkpoint.dir, self.iteration)} "
-                           f"(tagged {link})")
-        return self.iteration
-
-    def _report_validation(self, progress: Progress) -> Optional[float]:
+    def report_validation(self) -> Optional[float]:
+        """Evaluate, print and log the validation loss at this iteration (collective)."""
         loss = self.evaluate()
         if loss is not None:
-            progress.print(f"validation loss at iteration {self.iteration}: {loss:.6f}")
-            progress.scalars(self.iteration, {"lm loss validation": loss})
+            self.progress.print(f"validation loss at iteration {self.iteration}: {loss:.6f}")
+            self.progress.scalars(self.iteration, {"lm loss validation": loss})
         return loss
 
 

@@ -20,6 +20,11 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import torch.distributed as dist
+
+from pap import checkpoint
+from pap.callbacks import Callback
+
 # torchrun's variables: the child must see a single-process world.
 _LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
                   "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT",
@@ -27,8 +32,10 @@ _LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP
                   "TORCHELASTIC_USE_AGENT_STORE", "TORCHELASTIC_ERROR_FILE")
 
 
-class TrainingHarness:
-    """Runs the harness at the configured steps of a `pap.trainer.Trainer`."""
+class TrainingHarness(Callback):
+    """Runs the harness at the configured steps of a `pap.trainer.Trainer` (a training component)."""
+
+    name = "harness"
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -41,6 +48,10 @@ class TrainingHarness:
 
     def due(self, iteration: int) -> bool:
         return iteration % self.eval.harness_interval == 0
+
+    def on_step_end(self, trainer) -> None:
+        if self.due(trainer.iteration):
+            self.run(trainer, trainer.progress, trainer.last_saved)
 
     def command(self, checkpoint_dir: Path, output: Path) -> list:
         """The `pap.eval harness` command line for one checkpoint."""
@@ -56,10 +67,6 @@ class TrainingHarness:
 
     def run(self, trainer, progress, last_saved: Optional[int]) -> Optional[int]:
         """Save (if needed), evaluate on rank 0, log; collective. Returns the last saved iteration."""
-        import torch.distributed as dist
-
-        from pap import checkpoint
-
         iteration = trainer.iteration
         if last_saved != iteration:
             trainer.save()

@@ -25,7 +25,7 @@ ranks plan the same increment.
 from __future__ import annotations
 
 import math
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import torch
 
@@ -81,6 +81,12 @@ def plan_increment(scores: GroupScores, arch: Arch, cosine: Sequence[float], inc
     Removes about `increment` of the current parameters (never planning past `target`),
     spread over layers by `layer_sparsity`. At least one group goes when any can.
     """
+    return [removal for removal, _ in increment_steps(scores, arch, cosine, increment, amplitude, target, floors)]
+
+
+def increment_steps(scores: GroupScores, arch: Arch, cosine: Sequence[float], increment: float,
+                    amplitude: float, target: int, floors: Floors = Floors()) -> List[Tuple[Removal, Arch]]:
+    """`plan_increment`'s removals, each with the `Arch` right after it."""
     budget = min(increment * arch.num_params(), arch.num_params() - target)
     sparsity = layer_sparsity(arch, cosine, amplitude, budget)
     layers = range(arch.num_layers)
@@ -103,15 +109,15 @@ def plan_increment(scores: GroupScores, arch: Arch, cosine: Sequence[float], inc
             head = int(torch.argmin(attn.masked_fill(~allowed, float("inf"))))
             removal = Removal("attn", one_layer("attn", arch, layer, head), float(attn[head]),
                               (float(attn[head]), float("inf"), float("inf")))
-            removals.append(removal)
             arch = remove_from_arch(arch, removal)
+            removals.append((removal, arch))
             attn = torch.cat([attn[:head], attn[head + 1:]])
         for _ in range(channels[layer]):
             channel = int(torch.argmin(ffn))
             removal = Removal("ffn", one_layer("ffn", arch, layer, channel), float(ffn[channel]),
                               (float("inf"), float(ffn[channel]), float("inf")))
-            removals.append(removal)
             arch = remove_from_arch(arch, removal)
+            removals.append((removal, arch))
             ffn = torch.cat([ffn[:channel], ffn[channel + 1:]])
     return removals
 

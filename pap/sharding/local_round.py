@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 
 from pap.arch import Arch
-from pap.pruning.select import Removal
+from pap.pruning.round_plan import RoundPlan
 from pap.sharding.boxes import strided
 from pap.sharding.full_state import collective_device, full_shape
 from pap.sharding.shard_map import Placements, ShardMap
@@ -107,42 +107,34 @@ class _Exchange:
 class LocalRound:
     """Carry one round's removals from the old training state into megatron's rebuilt objects.
 
-    Created before the rebuild (it takes references to the old state and drops the old
-    gradient buffers); `Trainer.rebuild` calls `weights(module)` once the new model stage
-    exists and `optimizer_state(module, optimizer)` once the new optimizer does.
+    Created before the rebuild from the old objects' `TrainingState` (it takes references to
+    the old state, not the state object, and drops the old gradient buffers); the rebuild
+    (`pap.sharding.reshard.Rebuild`) calls `weights(module)` once the new model stage
+    exists, `stash_masters(module)` once DDP wraps it and `optimizer_state(module, optimizer)`
+    once the new optimizer does.
     """
 
-    def __init__(self, module, optimizer, old_arch: Arch, new_arch: Arch, removals: Sequence[Removal]):
-        from megatron.core import parallel_state as ps
+    def __init__(self, state: TrainingState, plan: RoundPlan):
+        from megatron.core import parallel_state as ps  # megatron-core: heavy, and needs its parallel state
 
-        self.old_arch, self.new_arch, self.removals = old_arch, new_arch, list(removals)
+        self.old_arch, self.new_arch, self.removals = plan.start, plan.end, plan.removals
         self.tp = ps.get_tensor_model_parallel_world_size()
         self.tp_rank = ps.get_tensor_model_parallel_rank()
         self.stats = RoundStats()
         self.stashed = set()  # parameters whose new masters wait in the DDP gradient buffer
-        state = TrainingState(module, optimizer)
         self.distributed = state.distributed
         self.step = state.step()
         self.old: Dict[str, _OldRecord] = {}
         for record in state.records:
             param = record.param
-            old = _OldRecord(record.name, tuple(full_shape(param)), param.detach())
-            if record.master is not None:
-                if not record.shares_storage:
-                    old.fields["master"] = record.master.detach().reshape(-1)
-                adam = record.inner.state.get(record.master, {})
-                for moment in MOMENTS:
-                    if moment in adam:
-                        old.fields[moment] = adam[moment].detach().reshape(-1)
-            old.span = record.span if record.span is not None else (0, param.numel())
-            if record.master is None and self.distributed:
-                old.span = (0, 0)
+            old = _OldRecord(record.name, tuple(full_shape(param)), param.detach(), state.state_fields(record),
+                             state.owned_span(record))
             self.old[record.name] = old
             # The old gradient buffers are not needed: drop the views that keep them alive.
             for attribute in ("main_grad", "grad"):
                 if getattr(param, attribute, None) is not None:
                     setattr(param, attribute, None)
-        before, after = Placements(old_arch, self.tp), Placements(new_arch, self.tp)
+        before, after = Placements(self.old_arch, self.tp), Placements(self.new_arch, self.tp)
         self.maps = {name: ShardMap(name, old.full_shape, before, after, self.removals)
                      for name, old in self.old.items()}
         if self.distributed:
@@ -182,7 +174,7 @@ class LocalRound:
             master = old.fields.pop("master", None)
             if master is None:
                 continue
-            target = record.param.main_grad.view(-1)
+            target = TrainingState.parking_space(record)
             self._move(self.maps[record.name], [(master, target)], (0, master.numel()), (0, target.numel()),
                        exchange)
             self.stashed.add(record.name)
@@ -205,22 +197,12 @@ class LocalRound:
         any_moments = self.step > 0  # Adam creates its moments at the first step; agreed by all ranks
         for index, record in enumerate(state.records):
             old = self.old[record.name]
-            span = record.span if record.span is not None else (0, record.param.numel())
-            if record.master is None and self.distributed:
-                span = (0, 0)
-            targets = {}
+            span = state.owned_span(record)
+            # Every element of the targets is filled below from a surviving one: no zero fill.
+            targets = state.state_targets(record, with_moments=any_moments)
             if record.name in self.stashed:
-                record.master.copy_(record.param.main_grad.view(record.master.shape))
-                self.stats.bytes_copied += record.master.numel() * 4
-            elif not record.shares_storage and record.master is not None:
-                targets["master"] = record.master.detach().view(-1)
-            if any_moments and record.master is not None:
-                adam = record.adam()
-                for moment in MOMENTS:
-                    # Every element is filled below from a surviving one: no zero fill needed.
-                    adam[moment] = torch.empty(record.master.shape, dtype=torch.float32,
-                                               device=record.master.device)
-                    targets[moment] = adam[moment].view(-1)
+                targets.pop("master")
+                self.stats.bytes_copied += state.take_parked_master(record)
             pairs = [(old.fields.get(name), targets.get(name)) for name in ("master",) + MOMENTS
                      if name in targets or name in old.fields]
             self._move(self.maps[record.name], pairs, old.span, span, exchange, spans=(index, new_spans))

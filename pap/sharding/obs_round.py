@@ -1,6 +1,6 @@
 """The OBS update of a round's removals on the live, sharded training state (EfficientLLM-B).
 
-Runs before the round's removals are cut (`pap.sharding.reshard.apply_removals`): every
+Runs before the round's removals are cut (`pap.sharding.reshard.execute_round`): every
 layer whose input columns the round takes moves its surviving weights to the
 least-squares optimum (`pap.pruning.obs`), which makes the removed columns zero; the cut
 then drops them as in variant A. The round's removals are mapped to the coordinates of
@@ -33,6 +33,7 @@ import torch.distributed as dist
 
 from pap.arch import Arch
 from pap.pruning.obs import left_factor, relative_error, solve_columns
+from pap.pruning.round_plan import RoundPlan
 from pap.pruning.select import Removal
 from pap.sharding.full_state import collective_device, full_shape, shard_indices
 from pap.sharding.hessians import HessianWindow, Key, block_width, param_name
@@ -84,12 +85,11 @@ def _sum(tensor: torch.Tensor, group, size: int) -> torch.Tensor:
 class ObsRound:
     """Apply the OBS updates of one round's removals to this stage's training state."""
 
-    def __init__(self, trainer, window: HessianWindow, damp: float):
-        from megatron.core import parallel_state as ps
+    def __init__(self, state: TrainingState, arch: Arch, window: HessianWindow, damp: float):
+        from megatron.core import parallel_state as ps  # megatron-core: heavy, and needs its parallel state
 
-        self.trainer, self.window, self.damp = trainer, window, damp
+        self.state, self.arch, self.window, self.damp = state, arch, window, damp
         self.stage = window.stage
-        self.state = TrainingState(trainer.model.module, trainer.optimizer)
         self.records: Dict[str, ParamRecord] = {r.name: r for r in self.state.records}
         self.squares = window.output_squares()
         # Replicas hold identical masters: with the plain optimizer only DP rank 0 contributes.
@@ -98,8 +98,8 @@ class ObsRound:
         self.reporter = ps.get_data_parallel_rank() == 0 and ps.get_tensor_model_parallel_rank() == 0
 
     @torch.no_grad()
-    def run(self, chosen: Sequence[Tuple[Removal, Arch]]) -> ObsStats:
-        """Update for every removal of `chosen` ((removal, arch after it), in order).
+    def run(self, plan: RoundPlan) -> ObsStats:
+        """Update for every removal of the round's `plan`, in order.
 
         Each layer gets one solve for all the columns the round takes from it: with H fixed
         for the round (dampening from its full diagonal), the optimum for the union of the
@@ -108,11 +108,11 @@ class ObsRound:
         per layer instead of one per removal.
         """
         start = time.time()
-        arch = self.trainer.arch
+        arch = plan.start
         kept = {key: torch.arange(block_width(arch, key)) for key in self.window.blocks}
         removed: Dict[Key, List[int]] = {}
         kind_of: Dict[Key, str] = {}
-        for removal, after in chosen:
+        for removal, after in plan.steps:
             for key, columns in affected_columns(removal, arch, self.window.blocks):
                 originals = kept[key][columns]  # coordinates of the model before the round
                 removed.setdefault(key, []).extend(originals.tolist())
@@ -125,7 +125,6 @@ class ObsRound:
         if jobs:
             for (key, _), (error, plain) in zip(jobs, self._update(jobs)):
                 totals[kinds.index(kind_of[key])] += torch.tensor([error, plain, 1.0], dtype=torch.float64)
-        self._publish()
         totals = totals if self.reporter else torch.zeros_like(totals)
         if dist.is_initialized() and dist.get_world_size() > 1:
             totals = totals.to(collective_device())
@@ -142,7 +141,7 @@ class ObsRound:
         # 1. V = H⁻¹[:, P] and the two error Grams, from each block's owner.
         sizes = []
         for key, removed in jobs:
-            n, q = block_width(self.trainer.arch, key), len(removed)
+            n, q = block_width(self.arch, key), len(removed)
             sizes.append(n * q + 2 * q * q)
         packed = torch.zeros(sum(sizes), dtype=torch.float64)
         offset = 0
@@ -165,7 +164,7 @@ class ObsRound:
         results = []
         v_offset = w_offset = 0
         for (key, removed), size, out in zip(jobs, sizes, outs):
-            n, q = block_width(self.trainer.arch, key), len(removed)
+            n, q = block_width(self.arch, key), len(removed)
             block = packed[v_offset:v_offset + size]
             columns = block[:n * q].view(n, q)
             error_gram = block[n * q:n * q + q * q].view(q, q)
@@ -182,7 +181,7 @@ class ObsRound:
         """[V | Vᵀ H V | H[P, P]] flattened, for the H this rank owns."""
         hessian = self.window.hessians.get(key)
         if hessian is None:  # an empty window (a round follows at least one step)
-            n = block_width(self.trainer.arch, key)
+            n = block_width(self.arch, key)
             hessian = torch.zeros(n, n, dtype=torch.float64)
         solution = solve_columns(hessian, removed.tolist(), self.damp)  # on H's device
         return torch.cat([solution.inverse_columns.reshape(-1), solution.error_gram.reshape(-1),
@@ -199,18 +198,7 @@ class ObsRound:
         if not present.any():
             return buffer
         slots = torch.nonzero(present).view(1, -1)  # which of the |P| columns are on this rank
-        local_columns = local_columns[present]
-        if record.span is None:
-            values = record.master.detach().view(record.param.shape)[:, local_columns.to(record.master.device)]
-            buffer[rows[:, None], slots] = values.double().cpu()
-            return buffer
-        start, end = record.span
-        flat = torch.arange(len(rows))[:, None] * record.param.shape[1] + local_columns[None, :]
-        inside = (flat >= start) & (flat < end)
-        values = torch.zeros(flat.shape, dtype=torch.float64)
-        where = (flat[inside] - start).to(record.master.device)
-        values[inside] = record.master.detach().reshape(-1)[where].double().cpu()
-        buffer[rows[:, None], slots] = values
+        buffer[rows[:, None], slots] = self.state.master_columns(record, local_columns[present])
         return buffer
 
     def _local_index(self, record: ParamRecord, removed: torch.Tensor):
@@ -237,37 +225,13 @@ class ObsRound:
                 rows_u = left[shard[1]]
             else:
                 rows_v = columns[shard[1]]
-        param, master = record.param, record.master
-        device = master.device
-        rows_u, rows_v = rows_u.to(device), rows_v.to(device)
-        width = param.shape[1]
-        if record.span is None:
-            matrix = master.view(param.shape)
-            for first in range(0, param.shape[0], _ROWS):  # bounded float64 temporaries
-                last = min(first + _ROWS, param.shape[0])
-                matrix[first:last].add_((rows_u[first:last] @ rows_v.T).to(torch.float32))
-            if not record.shares_storage:
-                param.data.copy_(matrix.to(param.dtype))
-            return
-        start, end = record.span
-        flat = master.view(-1)
-        for chunk in range(start, end, _ROWS * width):
-            stop = min(chunk + _ROWS * width, end)
-            first, last = chunk // width, (stop - 1) // width + 1
-            delta = (rows_u[first:last] @ rows_v.T).reshape(-1)[chunk - first * width:stop - first * width]
-            flat[chunk - start:stop - start].add_(delta.to(torch.float32))
-
-    def _publish(self) -> None:
-        """Distributed optimizer: masters -> model params on the owning rank, then megatron's
-        param all-gather over DP (the plain optimizer wrote the params already)."""
-        if not self.state.distributed:
-            return
-        for optimizer in getattr(self.trainer.optimizer, "chained_optimizers", [self.trainer.optimizer]):
-            optimizer._copy_main_params_to_model_params()
-        self.trainer.model.start_param_sync(force_sync=True)
+        self.state.add_outer_product(record, rows_u, rows_v, _ROWS)
 
 
-def apply_obs(trainer, window: HessianWindow, chosen: Sequence[Tuple[Removal, Arch]], damp: float) -> ObsStats:
-    """OBS-update `trainer`'s weights for the round's removals (collective over every rank)."""
-    trainer.sync_params()
-    return ObsRound(trainer, window, damp).run(chosen)
+def apply_obs(model, state: TrainingState, window: HessianWindow, plan: RoundPlan, damp: float) -> ObsStats:
+    """OBS-update the weights of `state` (the training state of the DDP-wrapped `model`
+    stage) for the round's `plan`, before its removals are cut; the model params follow
+    the updated masters. Collective over every rank; params must be current."""
+    stats = ObsRound(state, plan.start, window, damp).run(plan)
+    state.publish_masters(model)
+    return stats

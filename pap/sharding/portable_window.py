@@ -22,15 +22,19 @@ order of floating-point additions.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.distributed as dist
 
+from pap.arch import Arch
+from pap.pruning.accumulator import SaliencyAccumulator
+from pap.pruning.layer_cosine import LayerCosine
 from pap.pruning.saliency import needs_fisher
+from pap.pruning.select import Removal
 from pap.sharding.distopt import owned_ranges
 from pap.sharding.full_state import full_shape, tp_gather, tp_slice
-from pap.sharding.reduce_saliency import global_scores
+from pap.sharding.reduce_saliency import global_scores, layer_cosine_totals
 
 WINDOW_FILE = "pruning_window.pt"
 
@@ -60,29 +64,25 @@ def _full_fisher(local: Optional[torch.Tensor], param, owned) -> torch.Tensor:
     return tp_gather(local, param).cpu()
 
 
-def save_window(hook, trainer, directory: Path) -> None:
-    """Write `hook`'s window into checkpoint `directory` (collective: every rank calls it)."""
-    from megatron.core import parallel_state as ps
+def save_window(directory: Path, acc: SaliencyAccumulator, cosine_window: Optional[LayerCosine], target: int,
+                removals: List[Removal], model, optimizer, arch: Arch, dp_sharded: bool) -> None:
+    """Write a pruning run's window into checkpoint `directory`: the saliency sums of `acc`,
+    the layer cosines (adaptive mode), the target and the removals so far. `model` is the
+    (unwrapped) model stage the sums were taken on. Collective: every rank calls it."""
+    from megatron.core import parallel_state as ps  # megatron-core: heavy, and needs its parallel state
 
-    acc = hook.accumulator
-    model = trainer.model.module
-    dp_sharded = trainer.cfg.parallel.distributed_optimizer
-    sums = global_scores(acc, trainer.arch, dp_sharded, mean=False) if acc.steps else None
-    cosine = None
-    if getattr(hook, "cosine", None) is not None:
-        from pap.sharding.reduce_saliency import layer_cosine_totals
-
-        cosine = layer_cosine_totals(hook.cosine, trainer.arch)
+    sums = global_scores(acc, arch, dp_sharded, mean=False) if acc.steps else None
+    cosine = layer_cosine_totals(cosine_window, arch) if cosine_window is not None else None
     if dist.get_rank() == 0:
-        torch.save({"steps": acc.steps, "metric": acc.metric, "target": hook.target,
-                    "removals": [r.to_dict() for r in hook.removals], "cosine": cosine,
+        torch.save({"steps": acc.steps, "metric": acc.metric, "target": target,
+                    "removals": [r.to_dict() for r in removals], "cosine": cosine,
                     "sums": None if sums is None else {"attn": [v.cpu() for v in sums.attn],
                                                        "ffn": [v.cpu() for v in sums.ffn],
                                                        "stem": sums.stem.cpu()}},
                    directory / WINDOW_FILE)
     if not (acc.steps and needs_fisher(acc.metric)):
         return
-    owned = owned_ranges(trainer.optimizer)
+    owned = owned_ranges(optimizer)
     writer = ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0
     for index, weights in sorted(_scored_weights(model).items()):
         full = {key: _full_fisher(acc.fisher.get(f"{index}.{key}"), param, owned) for key, param in weights.items()}
@@ -96,34 +96,36 @@ def _local_columns(vector: torch.Tensor, param) -> torch.Tensor:
     return tp_slice(full, param)[0].clone()
 
 
-def load_window(hook, trainer, directory: Path) -> bool:
-    """Give this rank its share of the window saved in `directory`; False when there is none."""
-    from megatron.core import parallel_state as ps
-
+def read_window(directory: Path) -> Optional[dict]:
+    """The window file of checkpoint `directory` (`save_window`), or None when it has none."""
     path = directory / WINDOW_FILE
-    if not path.is_file():
-        return False
-    state = torch.load(path, weights_only=False)
-    hook.restore_removals(state["target"], state["removals"])
-    acc = hook.accumulator
+    return torch.load(path, weights_only=False) if path.is_file() else None
+
+
+def load_window(state: dict, directory: Path, acc: SaliencyAccumulator, cosine_window: Optional[LayerCosine],
+                model, optimizer, arch: Arch) -> bool:
+    """Give this rank its share of the window `state` read from `directory` (`read_window`),
+    for the (unwrapped) model stage `model`; False when its sums cannot be continued."""
+    from megatron.core import parallel_state as ps  # megatron-core: heavy, and needs its parallel state
+
     if state["metric"] != acc.metric:
         return False  # scores of another metric cannot be continued
-    if getattr(hook, "cosine", None) is not None:
+    if cosine_window is not None:
         # The global totals go to global rank 0; every other rank adds zeros at the reduction.
-        hook.cosine.reset()
+        cosine_window.reset()
         if state.get("cosine") is not None and dist.get_rank() == 0:
             sums, tokens = state["cosine"]
-            hook.cosine.load_state_dict({"sums": dict(enumerate(sums)), "tokens": dict(enumerate(tokens))})
+            cosine_window.load_state_dict({"sums": dict(enumerate(sums)), "tokens": dict(enumerate(tokens))})
     acc.reset()
     acc.steps = state["steps"]
     if not acc.steps:
         return True
     sums = state["sums"]
-    head_dim = trainer.arch.head_dim
-    owned = owned_ranges(trainer.optimizer)
+    head_dim = arch.head_dim
+    owned = owned_ranges(optimizer)
     # Where DP ranks hold partial sums (distributed optimizer), DP rank 0 carries the total.
     carries = owned is None or ps.get_data_parallel_rank() == 0
-    for index, weights in _scored_weights(trainer.model.module).items():
+    for index, weights in _scored_weights(model).items():
         attn = _local_columns(sums["attn"][index].double().repeat_interleave(head_dim), weights["proj"])[::head_dim]
         ffn = _local_columns(sums["ffn"][index].double(), weights["fc2"])
         acc.attn[index] = attn if carries else torch.zeros_like(attn)
@@ -139,6 +141,6 @@ def load_window(hook, trainer, directory: Path) -> bool:
                     if end > start:
                         acc.fisher[f"{index}.{key}"] = local.reshape(-1)[start:end].clone()
     first = ps.get_tensor_model_parallel_rank() == 0 and ps.get_pipeline_model_parallel_rank() == 0
-    stem = sums["stem"].double().to(next(trainer.model.module.parameters()).device)
+    stem = sums["stem"].double().to(next(model.parameters()).device)
     acc.stem = stem if first and carries else torch.zeros_like(stem)
     return True

@@ -1,10 +1,15 @@
-"""Apply a round's removals to a live, sharded training state: weights, fp32 masters, Adam state.
+"""Carry out a round's plan on a live, sharded training state: weights, fp32 masters, Adam state.
+
+The executor takes everything it works on as arguments: the DDP-wrapped model stage, the
+optimizer, their `TrainingState`, the round's `RoundPlan` (`pap.pruning.round_plan`) and a
+`rebuild(arch, fill)` callable that builds megatron's objects (model stage, DDP, optimizer)
+for a new `Arch` and returns them. It returns the new objects; it keeps nothing.
 
 Two implementations with the same result:
 
-* `apply_removals` (what training uses): `pap.sharding.local_round.LocalRound`. Every rank
+* `execute_round` (what training uses): `pap.sharding.local_round.LocalRound`. Every rank
   cuts its own shards in place and exchanges only the elements whose owner changes; the
-  trainer rebuilds megatron's objects for the new `Arch` without drawing weights, and the
+  rebuild builds megatron's objects for the new `Arch` without drawing weights, and the
   round fills them.
 * `gather_and_rebuild` (the oracle): every rank gathers the full (TP=1) fp32 masters and
   Adam moments of its PP group through `TrainingState`, cuts them with
@@ -18,49 +23,51 @@ moments are bit-identical to before the round, and the weights are their cast.
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Tuple
 
 from pap.arch import Arch
 from pap.pruning.remove import prune_state
-from pap.pruning.select import Removal, remove_from_arch
+from pap.pruning.round_plan import RoundPlan
+from pap.sharding.local_round import LocalRound, RoundStats
 from pap.sharding.training_state import OPTIMIZER_FIELDS, TrainingState
 
-
-def new_arch(arch: Arch, removals: Sequence[Removal]) -> Arch:
-    for removal in removals:
-        arch = remove_from_arch(arch, removal)
-    return arch
-
-
-def apply_removals(trainer, removals: Sequence[Removal]) -> Arch:
-    """Remove `removals` (in order) from `trainer`'s model and optimizer on every rank; returns
-    the new Arch. Collective over the trainer's PP stage (TP and DP ranks). The round's
-    traffic is left in `trainer.last_round` (`RoundStats`)."""
-    from pap.sharding.local_round import LocalRound
-
-    after = new_arch(trainer.arch, removals)
-    trainer.sync_params()
-    fill = LocalRound(trainer.model.module, trainer.optimizer, trainer.arch, after, removals)
-    trainer.rebuild(after, fill=fill)
-    trainer.last_round = fill.stats
-    return after
+Rebuild = Callable[[Arch, Optional[Any]], Tuple[Any, Any]]
+"""rebuild(arch, fill) -> (DDP-wrapped model stage, optimizer) for `arch`. `fill` (or None:
+weights left as allocated) is called back at the rebuild's three points: `fill.weights(module)`
+once the new model stage exists, `fill.stash_masters(module)` once DDP has wrapped it, and
+`fill.optimizer_state(module, optimizer)` once the optimizer exists. The old objects must
+be released first (the round holds only what it still needs of them)."""
 
 
-def gather_and_rebuild(trainer, removals: Sequence[Removal]) -> Arch:
-    """`apply_removals` through full tensors: the test oracle (collective over TP, DP and PP)."""
-    arch = trainer.arch
-    state = TrainingState(trainer.model.module, trainer.optimizer)
+@dataclass
+class RoundResult:
+    """The objects a round leaves, replacing the ones it was given."""
+
+    model: Any
+    optimizer: Any
+    arch: Arch
+    stats: RoundStats
+
+
+def execute_round(model, optimizer, state: TrainingState, plan: RoundPlan, rebuild: Rebuild) -> RoundResult:
+    """Remove `plan`'s removals (in order) from the DDP-wrapped `model` stage and `optimizer`
+    on every rank. `state` is their `TrainingState`; params must be current (with
+    `parallel.overlap_param_gather`, synchronised by the caller). Collective over the PP
+    stage's TP and DP ranks. `model`, `optimizer` and `state` must not be used afterwards."""
+    fill = LocalRound(state, plan)
+    del state, model, optimizer  # the round keeps only what it needs of the old objects
+    new_model, new_optimizer = rebuild(plan.end, fill)
+    return RoundResult(new_model, new_optimizer, plan.end, fill.stats)
+
+
+def gather_and_rebuild(model, optimizer, state: TrainingState, plan: RoundPlan, rebuild: Rebuild) -> RoundResult:
+    """`execute_round` through full tensors: the test oracle (collective over TP, DP and PP)."""
     full = state.gather(OPTIMIZER_FIELDS, copy=False)  # read once, before anything changes them
     step = state.step()
-    del state  # holds the old model and optimizer, which the rebuild frees
-    for removal in removals:
+    del state, model, optimizer  # the rebuild frees the old objects
+    for removal, arch in zip(plan.removals, plan.archs_before()):
         full = {field: prune_state(tensors, arch, removal) for field, tensors in full.items()}
-        arch = remove_from_arch(arch, removal)
-    trainer.rebuild(arch)
-    TrainingState(trainer.model.module, trainer.optimizer).write(full, step)
-    return arch
-
-
-def apply_removal(trainer, removal: Removal) -> Arch:
-    """`apply_removals` for a single removal."""
-    return apply_removals(trainer, [removal])
+    new_model, new_optimizer = rebuild(plan.end, None)
+    TrainingState(new_model.module, new_optimizer).write(full, step)
+    return RoundResult(new_model, new_optimizer, plan.end, RoundStats())

@@ -78,13 +78,23 @@ def _is_distributed(opt) -> bool:
     return isinstance(opt, DistributedOptimizer)
 
 
+def param_range(opt, param) -> Tuple[int, int]:
+    """(start, end) of the flat range of `param` that this DP rank owns under megatron's
+    DistributedOptimizer `opt`.
+
+    The one read of megatron's private `_get_model_param_range_map` in pap (megatron-core
+    0.16 has no public accessor for it); everything else asks here.
+    """
+    rng = opt._get_model_param_range_map(param)["param"]
+    return rng.start, rng.end
+
+
 def _masters(opt) -> Dict[int, Tuple[torch.Tensor, Optional[Tuple[int, int]]]]:
     """id(model param) -> (fp32 master, flat span or None) for one megatron optimizer."""
     found = {}
     if _is_distributed(opt):
         for param, (group, order) in opt.model_param_group_index_map.items():
-            rng = opt._get_model_param_range_map(param)["param"]
-            found[id(param)] = (opt.optimizer.param_groups[group]["params"][order], (rng.start, rng.end))
+            found[id(param)] = (opt.optimizer.param_groups[group]["params"][order], param_range(opt, param))
         return found
     if hasattr(opt, "float16_groups"):  # Float16OptimizerWithFloat16Params: separate fp32 copies
         for model_group, main_group in zip(opt.float16_groups, opt.fp32_from_float16_groups):
@@ -204,6 +214,145 @@ class TrainingState:
             full = full.to(param.device, torch.float32)
             piece = full.reshape(-1)[record.span[0]:record.span[1]] if record.span else full
             state[moment] = piece.reshape(record.master.shape).clone()
+
+    # ---- flat values over what this rank owns ------------------------------------------------
+    def owned_flat(self, record: ParamRecord, field: str) -> torch.Tensor:
+        """This rank's values of `field` for `record`, flat: the whole TP shard for `param` and
+        the plain optimizer, the owned range with the distributed optimizer. A missing master
+        is the weights themselves; missing moments (before Adam's first step) are zeros."""
+        if field == "param":
+            return record.param.detach().reshape(-1)
+        piece = self.owned_piece(record, field)
+        if piece is not None:
+            return piece.reshape(-1).float()
+        size = record.param.numel() if record.span is None else record.span[1] - record.span[0]
+        if field == "master":
+            return record.param.detach().reshape(-1).float()
+        return torch.zeros(size, dtype=torch.float32, device=record.param.device)
+
+    def owned_span(self, record: ParamRecord) -> Tuple[int, int]:
+        """The flat range of `record`'s TP shard whose optimizer state this rank holds
+        ((0, 0): none, under the distributed optimizer)."""
+        if record.master is None and self.distributed:
+            return 0, 0
+        return record.span if record.span is not None else (0, record.param.numel())
+
+    @torch.no_grad()
+    def fill_owned(self, record: ParamRecord, weights: torch.Tensor,
+                   moments: Optional[Dict[str, torch.Tensor]] = None) -> None:
+        """Set `record` from flat fp32 values: `weights` (the whole TP shard) sets the model
+        param (its cast) and, where separate, the fp32 master's range; `moments` (flat over
+        the owned range) replace Adam's state. Adam's step is set apart (`set_step`)."""
+        param = record.param
+        param.copy_(weights.view(param.shape).to(param.dtype))
+        if record.master is None:
+            return
+        start, end = self.owned_span(record)
+        if not record.shares_storage:
+            record.master.copy_(weights[start:end].view(record.master.shape))
+        if moments is not None:
+            adam = record.adam()
+            for moment in MOMENTS:
+                adam[moment] = moments[moment].view(record.master.shape)
+
+    def state_fields(self, record: ParamRecord) -> Dict[str, torch.Tensor]:
+        """Flat, read-only views of `record`'s optimizer state that are not the weights
+        themselves: the fp32 master where separate, and the Adam moments that exist."""
+        fields = {}
+        if record.master is None:
+            return fields
+        if not record.shares_storage:
+            fields["master"] = record.master.detach().reshape(-1)
+        adam = record.inner.state.get(record.master, {})
+        for moment in MOMENTS:
+            if moment in adam:
+                fields[moment] = adam[moment].detach().reshape(-1)
+        return fields
+
+    def state_targets(self, record: ParamRecord, with_moments: bool) -> Dict[str, torch.Tensor]:
+        """Flat, writable views of `record`'s optimizer state for a caller that fills every
+        element (a pruning round): the fp32 master where separate, and with `with_moments`
+        newly allocated Adam moments (left uninitialised: the caller writes all of them)."""
+        targets = {}
+        if record.master is None:
+            return targets
+        if not record.shares_storage:
+            targets["master"] = record.master.detach().view(-1)
+        if with_moments:
+            adam = record.adam()
+            for moment in MOMENTS:
+                adam[moment] = torch.empty(record.master.shape, dtype=torch.float32, device=record.master.device)
+                targets[moment] = adam[moment].view(-1)
+        return targets
+
+    @staticmethod
+    def parking_space(record: ParamRecord) -> torch.Tensor:
+        """A flat fp32 buffer shaped like `record`'s shard that is free until the next step
+        zeroes it: its DDP gradient buffer. A round parks the new masters there while
+        megatron builds the new optimizer, so old and new masters are never alive together."""
+        return record.param.main_grad.view(-1)
+
+    @torch.no_grad()
+    def take_parked_master(self, record: ParamRecord) -> int:
+        """Copy the master parked in `parking_space(record)` into the optimizer's master;
+        returns the bytes copied."""
+        record.master.copy_(record.param.main_grad.view(record.master.shape))
+        return record.master.numel() * 4
+
+    # ---- in-place updates of the fp32 masters ------------------------------------------------
+    @torch.no_grad()
+    def master_columns(self, record: ParamRecord, columns: torch.Tensor) -> torch.Tensor:
+        """float64 [local rows, len(columns)]: the fp32 master's local `columns` of `record`'s
+        TP shard, zero where this rank owns no value (the distributed optimizer's range)."""
+        if record.span is None:
+            values = record.master.detach().view(record.param.shape)[:, columns.to(record.master.device)]
+            return values.double().cpu()
+        start, end = record.span
+        flat = torch.arange(record.param.shape[0])[:, None] * record.param.shape[1] + columns[None, :]
+        inside = (flat >= start) & (flat < end)
+        values = torch.zeros(flat.shape, dtype=torch.float64)
+        where = (flat[inside] - start).to(record.master.device)
+        values[inside] = record.master.detach().reshape(-1)[where].double().cpu()
+        return values
+
+    @torch.no_grad()
+    def add_outer_product(self, record: ParamRecord, left: torch.Tensor, right: torch.Tensor,
+                          rows_at_a_time: int) -> None:
+        """master += left @ rightᵀ over what this rank owns (`left`: [local rows, k],
+        `right`: [local columns, k], float64), `rows_at_a_time` rows per temporary; with the
+        plain optimizer the model param follows as the master's cast (`publish_masters`
+        does it for the distributed optimizer)."""
+        param, master = record.param, record.master
+        device = master.device
+        left, right = left.to(device), right.to(device)
+        width = param.shape[1]
+        if record.span is None:
+            matrix = master.view(param.shape)
+            for first in range(0, param.shape[0], rows_at_a_time):  # bounded float64 temporaries
+                last = min(first + rows_at_a_time, param.shape[0])
+                matrix[first:last].add_((left[first:last] @ right.T).to(torch.float32))
+            if not record.shares_storage:
+                param.data.copy_(matrix.to(param.dtype))
+            return
+        start, end = record.span
+        flat = master.view(-1)
+        for chunk in range(start, end, rows_at_a_time * width):
+            stop = min(chunk + rows_at_a_time * width, end)
+            first, last = chunk // width, (stop - 1) // width + 1
+            delta = (left[first:last] @ right.T).reshape(-1)[chunk - first * width:stop - first * width]
+            flat[chunk - start:stop - start].add_(delta.to(torch.float32))
+
+    def publish_masters(self, ddp_model) -> None:
+        """After masters changed outside an optimizer step under the distributed optimizer:
+        each rank casts its masters into its range of the model params, and megatron's
+        param all-gather over DP gives every rank the whole params (the plain optimizer's
+        params were written with their masters already)."""
+        if not self.distributed:
+            return
+        for optimizer in _chained(self.optimizer):
+            # megatron-core 0.16 offers this copy only as a private method of the optimizer.
+            optimizer._copy_main_params_to_model_params()
+        ddp_model.start_param_sync(force_sync=True)
 
     # ---- full (TP=1) tensors by global name ------------------------------------------------
     def gather(self, fields: Iterable[str], across_pp: bool = True,

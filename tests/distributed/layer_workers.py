@@ -13,7 +13,7 @@ def thin_layer_and_train(cfg_dict: dict, heads_left: int, ffn_left: int, steps: 
 
     from pap.config import config_from_dict
     from pap.pruning.select import UNTOUCHED, Removal
-    from pap.sharding.reshard import apply_removals
+    from pap.prune_hook import remove_groups
     from pap.trainer import Trainer
 
     trainer = Trainer(config_from_dict(cfg_dict))
@@ -22,7 +22,7 @@ def thin_layer_and_train(cfg_dict: dict, heads_left: int, ffn_left: int, steps: 
     heads = heads or [0] * (arch.num_heads(0) - heads_left)
     removals = [Removal("attn", (head,) + rest, 0.0, ()) for head in heads]
     removals += [Removal("ffn", (0,) + rest, 0.0, ()) for _ in range(arch.ffn[0] - ffn_left)]
-    apply_removals(trainer, removals)
+    remove_groups(trainer, removals)
     losses = [trainer.train_step().loss for _ in range(steps)]
     trainer.save()
     return (trainer.arch.to_json(), losses) if dist.get_rank() == 0 else None

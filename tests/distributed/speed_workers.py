@@ -26,7 +26,7 @@ def built_settings_and_losses(cfg_dict: dict, steps: int):
         "gradient_accumulation_fusion": config.gradient_accumulation_fusion,
         "apply_rope_fusion": config.apply_rope_fusion, "bias_activation_fusion": config.bias_activation_fusion,
     }
-    removals = [(r.kind, r.indices) for r in trainer.pruning.removals] if trainer.pruning else []
+    removals = [(r.kind, r.indices) for r in trainer.callback("pruning").removals] if trainer.callback("pruning") else []
     trainer.close()
     if dist.get_rank() != 0:
         return None

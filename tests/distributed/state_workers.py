@@ -66,7 +66,7 @@ def round_keeps_training_state(cfg_dict: dict, kind: str, indices: tuple, fused_
     from pap.config import config_from_dict
     from pap.pruning.remove import prune_state
     from pap.pruning.select import Removal
-    from pap.sharding.reshard import apply_removal
+    from pap.prune_hook import remove_groups
     from pap.sharding.training_state import FIELDS
     from pap.trainer import Trainer
 
@@ -79,7 +79,7 @@ def round_keeps_training_state(cfg_dict: dict, kind: str, indices: tuple, fused_
     arch = trainer.arch
     before = _state(trainer).gather(FIELDS)
     step_before = _state(trainer).step()
-    apply_removal(trainer, removal)
+    remove_groups(trainer, [removal])
     after = _state(trainer).gather(FIELDS)
     step_after = _state(trainer).step()
     expected = {field: prune_state(tensors, arch, removal) for field, tensors in before.items()}
@@ -132,7 +132,7 @@ def live_training_objects(cfg_dict: dict, rounds: int):
 
     trainer = Trainer(config_from_dict(cfg_dict))
     trainer.train_step()
-    while rounds and len(trainer.pruning.removals) < rounds:
+    while rounds and len(trainer.callback("pruning").removals) < rounds:
         trainer.train_step()
     gc.collect()
     live = {cls.__name__: sum(isinstance(o, cls) for o in gc.get_objects())
@@ -140,7 +140,7 @@ def live_training_objects(cfg_dict: dict, rounds: int):
     rss = psutil.Process().memory_info().rss
     if rounds and cfg_dict["checkpoint"].get("dir"):
         trainer.save()  # the final shape, for the fresh trainer to start from
-    return {"live": live, "rss": rss, "removals": len(trainer.pruning.removals) if trainer.pruning else 0,
+    return {"live": live, "rss": rss, "removals": len(trainer.callback("pruning").removals) if trainer.callback("pruning") else 0,
             "params": trainer.arch.num_params(), "arch": trainer.arch.to_json()}
 
 
@@ -177,11 +177,11 @@ def pruning_without_tensor_objects(cfg_dict: dict, steps: int):
     trainer = Trainer(config_from_dict(cfg_dict))
     for _ in range(steps):
         trainer.train_step()
-    return {"removals": [(r.kind, r.indices) for r in trainer.pruning.removals], "offending": offending}
+    return {"removals": [(r.kind, r.indices) for r in trainer.callback("pruning").removals], "offending": offending}
 
 
 def local_round_equals_oracle(cfg_dict: dict, rounds: list):
-    """Two identical trainers; each round goes through `apply_removals` on one and the
+    """Two identical trainers; each round goes through `execute_round` on one and the
     gather-and-rebuild oracle on the other, then both train a step. On rank 0: both full
     states (params, masters, moments) and Adam steps after every round, and both losses,
     plus the bytes each rank sent per round."""
@@ -189,7 +189,8 @@ def local_round_equals_oracle(cfg_dict: dict, rounds: list):
 
     from pap.config import config_from_dict
     from pap.pruning.select import Removal
-    from pap.sharding.reshard import apply_removals, gather_and_rebuild
+    from pap.prune_hook import remove_groups
+    from pap.sharding.reshard import gather_and_rebuild
     from pap.sharding.training_state import FIELDS
     from pap.trainer import Trainer
 
@@ -200,9 +201,8 @@ def local_round_equals_oracle(cfg_dict: dict, rounds: list):
     results, sent = [], []
     for removals in rounds:
         chosen = [Removal(kind, tuple(indices), 0.0, ()) for kind, indices in removals]
-        apply_removals(local, chosen)
-        sent.append(local.last_round.bytes_sent)
-        gather_and_rebuild(oracle, chosen)
+        sent.append(remove_groups(local, chosen).stats.bytes_sent)
+        remove_groups(oracle, chosen, executor=gather_and_rebuild)
         states = [_state(t).gather(FIELDS) for t in (local, oracle)]
         steps = [_state(t).step() for t in (local, oracle)]
         losses = [t.train_step().loss for t in (local, oracle)]

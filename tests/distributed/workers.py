@@ -63,8 +63,8 @@ def pruning_run(cfg_dict: dict, steps: int):
     params = _everything_on_rank0(gather_full_state(trainer.model.module, "param"))
     if dist.get_rank() != 0:
         return None
-    return {"removals": [(r.kind, r.indices) for r in trainer.pruning.removals], "arch": trainer.arch.to_json(),
-            "params": params, "losses": losses, "scores": [r.score for r in trainer.pruning.removals],
+    return {"removals": [(r.kind, r.indices) for r in trainer.callback("pruning").removals], "arch": trainer.arch.to_json(),
+            "params": params, "losses": losses, "scores": [r.score for r in trainer.callback("pruning").removals],
             "num_params": trainer.arch.num_params()}
 
 
@@ -78,7 +78,7 @@ def removal_matches_unpruned(cfg_dict: dict, kind: str, indices: tuple):
     from pap.pruning.select import Removal
     from pap.sharding.full_state import gather_full_state
     from pap.sharding.training_state import TrainingState
-    from pap.sharding.reshard import apply_removal
+    from pap.prune_hook import remove_groups
     from pap.trainer import Trainer
 
     removal = Removal(kind, tuple(indices), 0.0, ())
@@ -101,7 +101,7 @@ def removal_matches_unpruned(cfg_dict: dict, kind: str, indices: tuple):
     zeroed_loss = a.evaluate()
     a.train_step()
     weights_a = prune_state(_everything_on_rank0(gather_full_state(a.model.module, "param")), arch_before, removal)
-    apply_removal(b, removal)
+    remove_groups(b, [removal])
     pruned_loss = b.evaluate()
     b.train_step()
     weights_b = _everything_on_rank0(gather_full_state(b.model.module, "param"))
@@ -118,6 +118,7 @@ def obs_rounds_against_least_squares(cfg_dict: dict, steps: int):
     [(kinds of the round, block, removals touching it, rel. error)]."""
     import torch
 
+    from pap.callbacks import Callback
     from pap.config import config_from_dict
     from pap.pruning.remove import kept_indices
     from pap.sharding.full_state import gather_full_state
@@ -135,21 +136,24 @@ def obs_rounds_against_least_squares(cfg_dict: dict, steps: int):
                 captured.setdefault(key, []).append(x.reshape(-1, x.shape[-1]))
         return record
 
-    def snapshot(tr, result):  # runs before the pruning hook: the weights the round starts from
-        before["params"] = {k: v.double() for k, v in gather_full_state(tr.model.module, "param").items()}
-        before["arch"] = tr.arch
+    class Snapshot(Callback):  # runs before the pruning component: the weights the round starts from
+        priority = 1
 
-    trainer.after_step_hooks.insert(0, snapshot)
+        def post_step(self, tr, result):
+            before["params"] = {k: v.double() for k, v in gather_full_state(tr.model.module, "param").items()}
+            before["arch"] = tr.arch
+
+    trainer.callbacks.insert(0, Snapshot())
     results = []
     for _ in range(steps):
         blocks = stage_blocks(trainer.model.module, trainer.arch)
         handles = [module_of(trainer.model.module, key).register_forward_hook(hook(key)) for key in blocks]
         captured.clear()
-        done = len(trainer.pruning.removals)
+        done = len(trainer.callback("pruning").removals)
         trainer.train_step()
         for handle in handles:
             handle.remove()
-        new = trainer.pruning.removals[done:]
+        new = trainer.callback("pruning").removals[done:]
         if not new:
             continue
         after = gather_full_state(trainer.model.module, "param")
@@ -180,13 +184,13 @@ def obs_pruning_run(cfg_dict: dict, steps: int):
     trainer = Trainer(config_from_dict(cfg_dict))
     losses, errors = [], []
     for _ in range(steps):
-        done = len(trainer.pruning.removals)
+        done = len(trainer.callback("pruning").removals)
         losses.append(trainer.train_step().loss)
-        if len(trainer.pruning.removals) > done and trainer.pruning.obs is not None:
-            obs = trainer.pruning.obs
+        if len(trainer.callback("pruning").removals) > done and trainer.callback("pruning").obs is not None:
+            obs = trainer.callback("pruning").obs
             errors += [(obs.errors[kind], obs.plain_errors[kind]) for kind in sorted(obs.errors)]
     params = _everything_on_rank0(gather_full_state(trainer.model.module, "param"))
     if dist.get_rank() != 0:
         return None
-    return {"removals": [(r.kind, r.indices) for r in trainer.pruning.removals], "arch": trainer.arch.to_json(),
+    return {"removals": [(r.kind, r.indices) for r in trainer.callback("pruning").removals], "arch": trainer.arch.to_json(),
             "params": params, "losses": losses, "errors": errors}

@@ -71,7 +71,7 @@ def oneshot_and_scratch(cfg_dict: dict, tmp: str) -> dict:
     from pap.distributed import init_distributed, shutdown
     from pap.init import full_init
     from pap.model import build_model
-    from pap.prune_hook import scores_after
+    from pap.pruning.round_plan import scores_after
     from pap.pruning.remove import prune_state
     from pap.pruning.select import Floors, Removal, choose, remove_from_arch
     from pap.sharding.full_state import gather_full_state
