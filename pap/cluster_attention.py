@@ -1,7 +1,7 @@
 """Cluster attention: GQA whose key/value heads serve unequal numbers of query heads.
 
 After query-head pruning a KV head may serve 3 query heads while its neighbour serves 1
-(METHOD.md §3, paper Appendix A.3). `ClusterSelfAttention` is a megatron-core
+(docs/METHOD.md §3, paper Appendix A.3). `ClusterSelfAttention` is a megatron-core
 `SelfAttention` (plugged in through the layer's ModuleSpec) whose fused `linear_qkv`
 holds, per KV group g, `[q rows of g's heads, k_g, v_g]` with any number of query heads
 per group. It hands megatron's core attention one K/V head per query head (gathered

@@ -1,4 +1,4 @@
-"""`prune.layers: adaptive`: Adapt-Pruner's layer-wise sparsity (METHOD.md §8).
+"""`prune.layers: adaptive`: Adapt-Pruner's layer-wise sparsity (docs/METHOD.md §8).
 
 A layer whose output is close to its input (high cosine similarity) changes the residual
 stream little and is pruned more. From the window's mean cosine similarity `c_l` of each

@@ -18,7 +18,7 @@ from typing import Dict
 
 import torch
 
-from pap.model import training_forward
+from pap.pruning.statistics import training_forward
 
 
 def token_cosines(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

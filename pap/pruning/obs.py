@@ -5,7 +5,7 @@ input columns P are removed, the surviving weights move to the least-squares opt
 
     W' = argmin ‖(W' − W) X‖   subject to W'[:, P] = 0,
 
-which in closed form is (H = X Xᵀ, damped: H + λ·mean(diag H)·I; METHOD.md §6)
+which in closed form is (H = X Xᵀ, damped: H + λ·mean(diag H)·I; docs/METHOD.md §6)
 
     ΔW = −W[:, P] · (H⁻¹[P, P])⁻¹ · H⁻¹[P, :],      W' = W + ΔW   (so W'[:, P] = 0).
 

@@ -1,6 +1,6 @@
 """Element saliency of output-group weights and its reduction to group scores.
 
-Only the output layer group is scored (`linear_proj`, `linear_fc2`; METHOD.md §4):
+Only the output layer group is scored (`linear_proj`, `linear_fc2`; docs/METHOD.md §4):
 removing all inputs of a node removes the node, and that group is 2-3x smaller than
 the input group. With weight w, gradient g and F the running mean of g² (empirical
 Fisher, the diagonal Hessian of LLM-Pruner):

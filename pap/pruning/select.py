@@ -1,4 +1,4 @@
-"""Choosing the next minimal group to remove (METHOD.md §3-4, paper Eq. 10).
+"""Choosing the next minimal group to remove (docs/METHOD.md §3-4, paper Eq. 10).
 
 Given global group scores — per layer `A[l][h]` (query heads), `B[l][j]` (FFN channels),
 and `C[i]` (hidden channels, summed over layers) — the three candidates are

@@ -1,6 +1,6 @@
 """Layer-input Hessians H = X Xᵀ over the pruning window, sharded across ranks (EfficientLLM-B).
 
-Which layers: those whose input columns a removal can take (METHOD.md §6):
+Which layers: those whose input columns a removal can take (docs/METHOD.md §6):
 
 =========  =========================  ==========================================  ==========
 block      input X                    under TP                                    width n
@@ -44,7 +44,7 @@ import torch
 import torch.distributed as dist
 
 from pap.arch import Arch
-from pap.model import training_forward
+from pap.pruning.statistics import training_forward
 from pap.sharding.shard_map import Placements, shard_rows
 
 Key = Tuple[str, int]

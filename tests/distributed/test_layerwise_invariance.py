@@ -1,6 +1,6 @@
 """`prune.layers: greedy | adaptive` make the same removals and reach the same weights and
 losses at TP=2, PP=2, TP2xPP2 and DP=2 with the distributed optimizer as at TP=1
-(METHOD.md §7.1), with layers of different widths, uneven KV groups and odd FFN widths."""
+(docs/METHOD.md §7.1), with layers of different widths, uneven KV groups and odd FFN widths."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""Pruning decisions and resulting weights do not depend on the parallel layout (METHOD.md §7.1),
+"""Pruning decisions and resulting weights do not depend on the parallel layout (docs/METHOD.md §7.1),
 in fp32 and in bf16 with fp32 master weights.
 
 bf16 tolerances: the removals and the final Arch must be identical; losses within 1e-2 and

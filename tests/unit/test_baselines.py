@@ -3,7 +3,7 @@
 One spawned process (megatron needs a process group): a tiny source model is trained for
 a few steps, pruned in one shot to 35% of its parameters, and its shape rebuilt with
 fresh weights. The one-shot choice is checked against saliency computed here with plain
-autograd and METHOD.md's `mix` formula, fed to `choose` one group at a time.
+autograd and docs/METHOD.md's `mix` formula, fed to `choose` one group at a time.
 """
 
 import json

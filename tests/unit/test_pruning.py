@@ -1,4 +1,4 @@
-"""Group selection and removal against a plain implementation of METHOD.md's formulas."""
+"""Group selection and removal against a plain implementation of docs/METHOD.md's formulas."""
 
 import pytest
 import torch
@@ -26,7 +26,7 @@ def test_metrics_follow_the_formulas():
 
 
 def reference_choice(proj, fc2, head_dim):
-    """METHOD.md §4 written out with loops, from element scores of every layer."""
+    """docs/METHOD.md §4 written out with loops, from element scores of every layer."""
     layers = len(proj)
     A = [[sum(proj[l][i][c] for i in range(len(proj[l])) for c in range(h * head_dim, (h + 1) * head_dim))
           for h in range(len(proj[l][0]) // head_dim)] for l in range(layers)]
