@@ -7,7 +7,8 @@ Nothing is imported or run; every figure comes from parsing `pap/**/*.py`:
 
 * the 10 largest files and the 10 largest classes, by line count;
 * imports of pap modules inside function bodies, and how many have a comment on the same
-  line or the line just above (the reason for deferring the import);
+  line, the line just above, or above the block of imports they are in (the reason for
+  deferring the import);
 * upward imports: an import, at module level or in a function, from a module of a lower
   layer (`LAYERS` below) to a module of a higher one;
 * code locations that write fp32 master weights, Adam's moments or Adam's step, and calls
@@ -50,7 +51,9 @@ LAYERS: List[Tuple[str, int]] = [
     ("pap/init.py", 3), ("pap/checkpoint.py", 3), ("pap/data.py", 3), ("pap/hf/", 3),
     # L4: the trainer and its components.
     ("pap/trainer.py", 4), ("pap/prune_hook.py", 4), ("pap/callbacks.py", 4), ("pap/forward_step.py", 4),
-    ("pap/pruning_log.py", 4),
+    ("pap/pruning_log.py", 4), ("pap/components.py", 4),
+    ("pap/eval/training.py", 4),  # lm-eval during training: a training component
+    ("pap/params.py", 0), ("pap/eval/table.py", 0),  # the parameter table; lm-eval's table rendering
     # L5: entry points.
     ("pap/train.py", 5), ("pap/convert.py", 5), ("pap/eval/", 5), ("pap/baselines.py", 5),
     ("pap/plot.py", 5), ("pap/generate.py", 5),
@@ -211,6 +214,17 @@ def largest(modules: List[Module], count: int = 10):
     return files, sorted(classes, reverse=True)[:count]
 
 
+def _commented(m: "Module", node: ast.AST) -> bool:
+    """A comment on the import's lines, or just above it or above the run of import lines
+    it belongs to (one comment may give the reason for a block of deferred imports)."""
+    if set(range(node.lineno, node.end_lineno + 1)) & m.comment_lines:
+        return True
+    line = node.lineno - 1
+    while line > 0 and m.lines[line - 1].strip().startswith(("from ", "import ")):
+        line -= 1
+    return line in m.comment_lines or (node.lineno - 1) in m.comment_lines
+
+
 def deferred_imports(root: Path, modules: List[Module]):
     """[(file:function, line, commented)] for each pap import statement inside a function body."""
     out, seen = [], set()
@@ -219,8 +233,7 @@ def deferred_imports(root: Path, modules: List[Module]):
             if id(node) in seen or m.enclosing_function(node) is None:
                 continue
             seen.add(id(node))
-            lines = set(range(node.lineno, node.end_lineno + 1)) | {node.lineno - 1}
-            out.append((m.where(node), node.lineno, bool(lines & m.comment_lines)))
+            out.append((m.where(node), node.lineno, _commented(m, node)))
     return out
 
 

@@ -58,6 +58,7 @@ def oneshot(config: Union[str, PapConfig], source: str, target: float, calib_bat
         raise PapError(f"--target must be a fraction in (0, 1] or a parameter count > 1, got {target}")
     if calib_batches < 1:
         raise PapError(f"--calib-batches must be at least 1, got {calib_batches}")
+    # The trainer and megatron-core (heavy) load after the arguments are checked.
     from pap.distributed import shutdown
     from pap.prune_hook import run_round
     from pap.pruning.round_plan import SELECTION_MODES, RoundSettings, plan_round
@@ -107,6 +108,7 @@ def scratch(config: Union[str, PapConfig], arch_from: str, out: str, overrides: 
     Returns `params` and `arch`. The weights are what any pap run of that shape starts
     from with the config's `train.seed` and `model.init_std`.
     """
+    # megatron-core (heavy) loads only when a model is built.
     from pap.distributed import init_distributed, shutdown
     from pap.model import build_model
 

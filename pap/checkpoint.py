@@ -39,6 +39,10 @@ import torch.distributed as dist
 from pap import fault_injection
 from pap.arch import Arch
 from pap.errors import PapError
+from pap.sharding.boxes import boxes
+from pap.sharding.full_state import EMBEDDING, full_shape
+from pap.sharding.shard_map import Placements, tp_dim
+from pap.sharding.training_state import MOMENTS, TrainingState
 
 TRACKER = "latest_checkpointed_iteration.txt"
 STATE_FILE = "pap_state.json"
@@ -207,11 +211,6 @@ def _sharded_tensors(model, optimizer, arch: Arch, fields, loading: Optional[dic
     from megatron.core import parallel_state as ps
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
-    from pap.sharding.boxes import boxes
-    from pap.sharding.full_state import EMBEDDING, full_shape
-    from pap.sharding.shard_map import Placements, tp_dim
-    from pap.sharding.training_state import TrainingState
-
     tp_rank, dp_rank = ps.get_tensor_model_parallel_rank(), ps.get_data_parallel_rank()
     placements = Placements(arch, ps.get_tensor_model_parallel_world_size())
     state = TrainingState(model, optimizer)
@@ -248,11 +247,6 @@ def _fill_from_boxes(model, optimizer, arch: Arch, loaded: dict, step: Optional[
     Adam's state; `step` Adam's step (None: no moments, Adam starts afresh)."""
     from megatron.core import parallel_state as ps
 
-    from pap.sharding.boxes import boxes
-    from pap.sharding.full_state import EMBEDDING, full_shape
-    from pap.sharding.shard_map import Placements
-    from pap.sharding.training_state import MOMENTS, TrainingState
-
     tp_rank = ps.get_tensor_model_parallel_rank()
     placements = Placements(arch, ps.get_tensor_model_parallel_world_size())
     state = TrainingState(model, optimizer)
@@ -278,7 +272,6 @@ def _fill_from_boxes(model, optimizer, arch: Arch, loaded: dict, step: Optional[
 def _saved_fields(model, optimizer) -> list:
     """What a save writes: weights; with an optimizer, Adam's moments, and the fp32 masters
     where they differ from the weights (any parameter not in fp32)."""
-    from pap.sharding.training_state import MOMENTS
 
     if optimizer is None:
         return ["param"]
@@ -296,8 +289,6 @@ def _load_full(resume: "ResumeState", model, optimizer, with_moments: bool) -> N
     masters and an fp32 run started from a bf16 run's checkpoint gets full precision.
     Without saved masters the masters are the saved weights, upcast.
     """
-    from pap.sharding.training_state import MOMENTS
-
     fields = ["param"] + (list(MOMENTS) if with_moments and optimizer is not None else [])
     sources = {"param": "optim/master" if resume.masters else "model",
                **{moment: f"optim/{moment}" for moment in MOMENTS}}
@@ -317,8 +308,6 @@ def save(root: str, iteration: int, consumed_samples: int, arch: Arch, model, op
     `write_extra(directory)` runs on every rank before the checkpoint is made visible.
     """
     from megatron.core import dist_checkpointing
-
-    from pap.sharding.training_state import TrainingState
 
     final = iteration_dir(root, iteration)
     partial = final.with_name(final.name + ".partial")

@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
+from pap import checkpoint
+from pap.arch import Arch
+from pap.config import config_from_dict
 from pap.errors import PapError, exit_status
 
 KINDS = ("attn", "ffn", "stem")
@@ -89,10 +92,6 @@ def _source_arch(state: Optional[dict]):
     """The Arch the run started from (its init_from checkpoint, else its model config), or None."""
     if state is None:
         return None
-    from pap import checkpoint
-    from pap.arch import Arch
-    from pap.config import config_from_dict
-
     try:
         config = config_from_dict(state["config"])
         if config.checkpoint.init_from:

@@ -32,6 +32,7 @@ def _quiet_libraries() -> None:
 
 def preflight(cfg) -> None:
     """Checks that need no process group: every rank reaches the same verdict."""
+    # Deferred so that a config error is reported before torch and megatron-core load.
     from pap.data import check_dataset
     from pap.model import describe_implementation
     from pap.trainer import ensure_world_fits
@@ -61,6 +62,7 @@ def main(argv=None) -> int:
             return 0
         preflight(cfg)
         _quiet_libraries()
+        # megatron-core (heavy) loads here, after the config and data checks.
         from pap.distributed import shutdown
         from pap.trainer import Trainer
 

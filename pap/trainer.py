@@ -22,6 +22,7 @@ import torch.distributed as dist
 from pap import checkpoint
 from pap.arch import Arch
 from pap.callbacks import Callback, StepResult
+from pap.components import callbacks_for
 from pap.config import PapConfig
 from pap.data import Batches, BatchStream, build_datasets
 from pap.distributed import Topology, init_distributed
@@ -30,6 +31,7 @@ from pap.exit_request import ExitRequest
 from pap.forward_step import lm_forward_step
 from pap.model import build_model, describe_implementation, fusions_off_without_gpu
 from pap.progress import Progress, truncate_jsonl
+from pap.run_lock import RunLock
 
 
 class Trainer:
@@ -43,9 +45,6 @@ class Trainer:
     def __init__(self, cfg: PapConfig, topology: Optional[Topology] = None,
                  callbacks: Optional[Sequence[Callback]] = None, forward_step: Optional[Callable] = None):
         if callbacks is None:
-            # Deferred: the components module imports the features, which import model code.
-            from pap.components import callbacks_for
-
             callbacks = callbacks_for(cfg)
         self.callbacks: List[Callback] = sorted(callbacks, key=lambda c: -c.priority)
         self.forward_step = forward_step or lm_forward_step
@@ -454,8 +453,6 @@ def _verified_resume_point(cfg: PapConfig, is_rank0: bool) -> Optional["checkpoi
 
 def _lock_run_directory(directory: str, is_rank0: bool):
     """Rank 0 takes `directory`'s `RunLock`; every rank raises the same PapError if it cannot."""
-    from pap.run_lock import RunLock
-
     lock, message = None, ""
     if is_rank0:
         try:

@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _harness(args) -> None:
+    # Each subcommand imports what it runs: lm-eval and megatron-core are heavy.
     from pap.eval import harness
     from pap.eval.table import parse_task, render
 
@@ -79,7 +80,7 @@ def _harness(args) -> None:
 
 
 def _loss(args) -> None:
-    from pap.eval import loss
+    from pap.eval import loss  # megatron-core (heavy): only for this subcommand
 
     rank0 = int(os.environ.get("RANK", "0")) == 0
 
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
         if args.command == "harness":
             _harness(args)
         elif args.command == "example-task":
-            from pap.eval import example_task
+            from pap.eval import example_task  # deferred like the subcommands' imports
 
             print(f"wrote {example_task.write(args.out, args.examples)} (task {example_task.TASK})", flush=True)
         else:
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
         return 2
     finally:
         if args.command == "loss":
-            from pap.distributed import shutdown
+            from pap.distributed import shutdown  # megatron-core: loaded only by `loss`
 
             shutdown()
     return 0

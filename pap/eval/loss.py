@@ -21,7 +21,10 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from pap.data import TokenizerInfo
+from data_prep.index import validate_pair
+from pap import checkpoint
+from pap.config import ConfigError, DataConfig, ModelConfig, PapConfig, ParallelConfig, parse_blend
+from pap.data import TokenizerInfo, dataset_vocabulary, require_dataset
 from pap.errors import PapError
 
 DEFAULT_SPLIT = "0,1,0"  # every document of the data is evaluation data
@@ -42,9 +45,6 @@ class LossResult:
 
 def check_data(prefixes: Sequence[str], vocab_size: int, ckpt: str) -> None:
     """One error line for a missing or inconsistent dataset, or token ids the model cannot embed."""
-    from data_prep.index import validate_pair
-    from pap.data import dataset_vocabulary, require_dataset
-
     for prefix in prefixes:
         require_dataset(prefix, "--data")
         validate_pair(prefix)
@@ -79,8 +79,6 @@ def build_samples(prefixes: List[str], weights: Optional[List[float]], count: in
 
 def model_settings(source, tp: int, pp: int, seq_length: int):
     """The PapConfig to rebuild the checkpoint's model at (tp, pp), in fp32."""
-    from pap.config import DataConfig, ModelConfig, PapConfig, ParallelConfig
-
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     model = ModelConfig(**{k: v for k, v in source.config.get("model", {}).items() if k in known})
     model.params_dtype = "fp32"  # a bf16 run's fp32 masters load as they are
@@ -95,9 +93,6 @@ def evaluate(ckpt: str, data: Sequence[str], tokens: int = 65536, tp: int = 1, p
     (a prefix, or a Megatron blend `[w1, prefix1, w2, prefix2, ...]`), at TP=tp, PP=pp and
     data parallelism over the remaining processes. Collective; every rank gets the result.
     """
-    from pap import checkpoint
-    from pap.config import ConfigError, parse_blend
-
     if tp < 1 or pp < 1 or micro_batch_size < 1 or tokens < 1:
         raise PapError("--tp, --pp, --micro-batch-size and --tokens must be positive")
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -117,6 +112,7 @@ def evaluate(ckpt: str, data: Sequence[str], tokens: int = 65536, tp: int = 1, p
     count = max(1, -(-tokens // seq_length))
     samples = build_samples(prefixes, weights, count, seq_length, arch.vocab_size, split, seed)
 
+    # megatron-core (heavy) only once the arguments and the data have been checked.
     from pap.distributed import init_distributed
     from pap.model import build_model
 

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Optional
 
+from pap import checkpoint
 from pap.errors import PapError
 
 EXPORT, CHECKPOINT = "export", "checkpoint"
@@ -26,8 +27,6 @@ def kind_of(path: str) -> str:
         raise PapError(f"--model {path}: no such file or directory")
     if (root / "config.json").is_file():
         return EXPORT
-    from pap import checkpoint
-
     if (root / checkpoint.STATE_FILE).is_file() or checkpoint.complete_checkpoints(str(root)):
         return CHECKPOINT
     raise PapError(f"--model {path}: neither a Hugging Face export (no config.json) nor a pap checkpoint "
@@ -62,6 +61,7 @@ def as_export(path: str, tokenizer: Optional[str], report=print) -> Iterator[Pat
     if tokenizer is None:
         raise PapError(f"--model {path} is a pap checkpoint: give --tokenizer DIR (the tokenizer its data were "
                        f"made with) so that it can be exported for the harness")
+    # megatron-core and transformers (heavy) load only to export a checkpoint.
     from pap.distributed import shutdown
     from pap.hf.convert import mcore_to_hf
 

@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from pap import checkpoint
 from pap.callbacks import Callback
+from pap.eval.table import parse_task, rows
 
 # torchrun's variables: the child must see a single-process world.
 _LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
@@ -78,7 +79,6 @@ class TrainingHarness(Callback):
         return last_saved
 
     def _evaluate(self, checkpoint_dir: Path, iteration: int, progress) -> None:
-        from pap.eval.table import parse_task, rows
 
         output = Path(self.cfg.checkpoint.dir) / "eval" / f"iter_{iteration:07d}.json"
         env = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARS}

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
+from pap.sharding.training_state import param_range
+
 
 def _distributed_optimizers(optimizer):
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
@@ -27,6 +29,5 @@ def owned_ranges(optimizer) -> Optional[Dict[int, Tuple[object, int, int]]]:
     owned = {}
     for opt in optimizers:
         for param in opt.model_param_group_index_map:
-            rng = opt._get_model_param_range_map(param)["param"]
-            owned[id(param)] = (opt, rng.start, rng.end)
+            owned[id(param)] = (opt, *param_range(opt, param))
     return owned

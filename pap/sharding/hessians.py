@@ -45,6 +45,7 @@ import torch.distributed as dist
 
 from pap.arch import Arch
 from pap.pruning.statistics import training_forward
+from pap.sharding.full_state import collective_device
 from pap.sharding.shard_map import Placements, shard_rows
 
 Key = Tuple[str, int]
@@ -144,7 +145,6 @@ class StageGroup:
         group = ps.get_tensor_and_data_parallel_group()
         ranks = dist.get_process_group_ranks(group)
         mine = torch.tensor([ps.get_tensor_model_parallel_rank(), ps.get_data_parallel_rank()])
-        from pap.sharding.full_state import collective_device
 
         device = collective_device()
         everyone = [torch.empty(2, dtype=torch.long, device=device) for _ in ranks]
@@ -234,7 +234,6 @@ class HessianWindow:
     @torch.no_grad()
     def end_step(self) -> None:
         """Send this step's samples to the owners and add them into H (collective over the stage)."""
-        from pap.sharding.full_state import collective_device
 
         stage, arch, device = self.stage, self.arch, collective_device()
         rows = self.per_sequence_rows()
@@ -303,7 +302,6 @@ class HessianWindow:
     # ---- at the round ----------------------------------------------------------------------
     def output_squares(self) -> Dict[Key, float]:
         """‖Y‖² of every block of the stage, summed over its ranks (collective over the stage)."""
-        from pap.sharding.full_state import collective_device
 
         device = collective_device()
         values = torch.stack([self.output_square[key].to(device, torch.float64) if key in self.output_square
@@ -322,7 +320,6 @@ class HessianWindow:
                 "output_square": {k: v.cpu() for k, v in self.output_square.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        from pap.sharding.full_state import collective_device
 
         device = collective_device()
         self.steps = state["steps"]

@@ -27,6 +27,8 @@ import torch.distributed as dist
 from pap.arch import Arch
 from pap.pruning.accumulator import SaliencyAccumulator
 from pap.pruning.select import GroupScores
+from pap.sharding.full_state import collective_device
+from pap.sharding.layout import LayerPlacement
 
 
 def _segments(arch: Arch) -> List[int]:
@@ -44,8 +46,6 @@ def global_scores(acc: SaliencyAccumulator, arch: Arch, dp_sharded: bool = False
     """
     from megatron.core import parallel_state as ps
 
-    from pap.sharding.full_state import collective_device
-    from pap.sharding.layout import LayerPlacement
 
     tp, tp_rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
     lengths = _segments(arch)
@@ -80,7 +80,6 @@ def layer_cosine_totals(cosine, arch: Arch):
     add zeros)."""
     from megatron.core import parallel_state as ps
 
-    from pap.sharding.full_state import collective_device
 
     layers = arch.num_layers
     flat = torch.zeros(2 * layers, dtype=torch.float64)
