@@ -18,7 +18,7 @@ import sys
 import time
 
 from pap.arch import Arch
-from pap.pruning.remove import kept_indices
+from pap.pruning.remove import arch_chain, kept_indices
 from pap.pruning.select import UNTOUCHED, Removal, remove_from_arch
 
 HIDDEN, FFN, HEADS, HEAD_DIM, LAYERS, VOCAB = 2048, 8192, 32, 64, 24, 49152
@@ -54,8 +54,9 @@ def main() -> int:
         after = remove_from_arch(after, removal)
     chain = time.time() - start
     start = time.time()
+    before = arch_chain(arch, removals)  # a round's plan holds this chain
     for name, shape in tensors():
-        kept_indices(name, shape, arch, removals)
+        kept_indices(name, shape, arch, removals, before)
     kept = time.time() - start
     print(f"SmolLM-1.7B ({arch.num_params():,} parameters), one increment of {args.increment:.0%}: "
           f"{count:,} one-layer FFN removals")

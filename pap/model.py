@@ -16,6 +16,8 @@ from pap.arch import Arch
 from pap.config import PapConfig
 from pap.errors import PapError
 from pap.init import initialize_weights
+from pap.params import global_name, shard
+from pap.sharding.layout import LayerPlacement, Placements, needs_placement
 
 
 def _transformer_engine_import_error() -> Optional[str]:
@@ -83,8 +85,7 @@ def transformer_config(arch: Arch, cfg: PapConfig, dtype: Optional[torch.dtype] 
     `draw=False` keeps megatron's initialisation pass, which tags every parameter with its
     TP partitioning, but with init methods that draw nothing.
     """
-    from pap.per_layer_config import PerLayerConfig
-    from pap.sharding.layout import LayerPlacement, needs_placement
+    from pap.per_layer_config import PerLayerConfig  # megatron-core (heavy): loaded to build a model
 
     tp = cfg.parallel.tp
     cluster = needs_cluster_layers(arch) or needs_placement(arch, tp)
@@ -179,27 +180,24 @@ def layer_spec(cfg: PapConfig):
 
 
 def _tag_placed_shards(model, arch: Arch, tp: int) -> None:
-    """Record on each unevenly sharded weight which full-tensor indices this rank holds.
+    """Record on each TP-split weight where its shards sit in the full tensor.
 
-    `pap.sharding.full_state` and `pap.init` read `param.pap_shard = (dim, indices, full
-    size)` in place of megatron's even-split attributes.
+    `param.pap_shard` is a `pap.params.Shard` (from `pap.params.shard`, the one source of
+    which rows a TP rank holds); `pap.sharding.full_state` and `pap.init` read it in place
+    of megatron's even-split attributes, which pap's placement of a pruned `Arch` breaks.
     """
-    from pap.sharding.layout import LayerPlacement, needs_placement
-
-    if not needs_placement(arch, tp):
+    if tp == 1:
         return
     rank = _tp_rank()
-    d = arch.head_dim
-    for layer in model.decoder.layers:
-        index = layer.layer_number - 1
-        place = LayerPlacement(arch, index, tp, rank)
-        qkv_full = (arch.num_heads(index) + 2 * arch.num_kv_heads(index)) * d
-        tags = ((layer.self_attention.linear_qkv.weight, (0, place.qkv_rows, qkv_full)),
-                (layer.self_attention.linear_proj.weight, (1, place.proj_columns, arch.num_heads(index) * d)),
-                (layer.mlp.linear_fc1.weight, (0, place.fc1_rows, 2 * arch.ffn[index])),
-                (layer.mlp.linear_fc2.weight, (1, place.fc2_columns, arch.ffn[index])))
-        for param, tag in tags:
-            param.pap_shard = tag
+    placements = Placements(arch, tp)
+    for local_name, param in model.named_parameters():
+        placed = shard(global_name(model, local_name), placements, rank)
+        if placed is None:
+            continue
+        if param.shape[placed.dim] != len(placed.indices):
+            raise PapError(f"{local_name}: this TP rank's shard is {param.shape[placed.dim]} long along dimension "
+                           f"{placed.dim}, but pap's placement gives it {len(placed.indices)}")
+        param.pap_shard = placed
 
 
 def _tp_rank() -> int:
@@ -212,11 +210,12 @@ def block_spec(arch: Arch, cfg: PapConfig, config):
     """The decoder spec of this rank's stage: one layer spec, or one per layer with cluster attention."""
     import copy
 
+    # megatron-core (heavy) loads when a model is built. `_get_block_submodules` is private:
+    # megatron-core 0.16 has no public way to expand a block spec into its layer specs.
     from megatron.core.transformer.transformer_block import _get_block_submodules
     from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
     from pap.cluster_attention import ClusterSelfAttention
-    from pap.sharding.layout import LayerPlacement, needs_placement
 
     spec = layer_spec(cfg)
     tp = cfg.parallel.tp

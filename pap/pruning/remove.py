@@ -2,24 +2,20 @@
 
 `prune_tensor(name, tensor, arch, removal)` works for any tensor shaped like the named
 parameter: the weight itself, its gradient, Adam's moments, an fp32 main copy, a Fisher
-buffer. Names are megatron's global ones (`decoder.layers.<global index>.…`, local spec).
+buffer. Names are megatron's global ones (`decoder.layers.<global index>.…`, local spec);
+what a removal takes from each is `pap.params`'s table.
 """
 
 from __future__ import annotations
 
 import bisect
-import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from pap import params
 from pap.arch import Arch
-from pap.cluster_attention import qkv_row_indices
-from pap.pruning.select import Removal, head_group, remove_from_arch
-
-_LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
-_HIDDEN_ROWS = ("self_attention.linear_proj.weight", "mlp.linear_fc2.weight")
-_HIDDEN_COLUMNS = ("self_attention.linear_qkv.weight", "mlp.linear_fc1.weight")
+from pap.pruning.select import Removal, remove_from_arch
 
 
 def _without(tensor: torch.Tensor, dim: int, drop) -> torch.Tensor:
@@ -39,51 +35,13 @@ def _without(tensor: torch.Tensor, dim: int, drop) -> torch.Tensor:
     return torch.cat(runs, dim=dim) if runs else tensor.narrow(dim, 0, 0).clone()
 
 
-def _qkv_rows_of_head(heads_per_group, head: int, head_dim: int):
-    """Rows of `linear_qkv` that go with query head `head` (its K/V rows if it is the last of its group)."""
-    q_rows, _, _ = qkv_row_indices(heads_per_group)
-    units = [q_rows[head]]
-    group = head_group(heads_per_group, head)
-    if heads_per_group[group] == 1:
-        start = sum(n + 2 for n in heads_per_group[:group] if n > 0)
-        units += [start + 1, start + 2]  # k_g and v_g follow the group's single query head
-    return [u * head_dim + r for u in units for r in range(head_dim)]
-
-
 def removed_slices(name: str, dims: int, arch: Arch, removal: Removal) -> Optional[Tuple[int, Sequence[int]]]:
     """(dim, indices) that `removal` takes from a full tensor shaped like parameter `name` under
     `arch` (`dims` is its number of dimensions), or None when it leaves the tensor whole."""
-    match = _LAYER.match(name)
-    layer, leaf = (int(match.group(1)), match.group(2)) if match else (None, name)
-    d = arch.head_dim
-    if removal.kind == "attn":
-        if layer is None:
-            return None
-        head = removal.layer_index(layer)
-        if head is None:
-            return None
-        if leaf == "self_attention.linear_qkv.weight":
-            return 0, _qkv_rows_of_head(arch.heads_per_group[layer], head, d)
-        if leaf == "self_attention.linear_proj.weight":
-            return 1, range(head * d, (head + 1) * d)
-        return None
-    if removal.kind == "ffn":
-        if layer is None:
-            return None
-        channel = removal.layer_index(layer)
-        if channel is None:
-            return None
-        if leaf == "mlp.linear_fc1.weight":
-            return 0, (channel, arch.ffn[layer] + channel)
-        if leaf == "mlp.linear_fc2.weight":
-            return 1, (channel,)
-        return None
-    (channel,) = removal.indices
-    if name in ("embedding.word_embeddings.weight", "output_layer.weight") or leaf in _HIDDEN_COLUMNS:
-        return 1, (channel,)
-    if leaf in _HIDDEN_ROWS or dims == 1:  # the two row-parallel outputs, and every norm
-        return 0, (channel,)
-    raise ValueError(f"no stem rule for {name}")
+    weight, layer = params.lookup(name)
+    if dims != len(weight.axes):
+        raise ValueError(f"{name} has {len(weight.axes)} dimensions, not {dims}")
+    return weight.removed(arch, layer, removal)
 
 
 def prune_tensor(name: str, tensor: torch.Tensor, arch: Arch, removal: Removal) -> torch.Tensor:
@@ -92,15 +50,15 @@ def prune_tensor(name: str, tensor: torch.Tensor, arch: Arch, removal: Removal) 
     return tensor if cut is None else _without(tensor, *cut)
 
 
-def kept_indices(name: str, shape: Sequence[int], arch: Arch,
-                 removals: Sequence[Removal]) -> List[Optional[torch.Tensor]]:
+def kept_indices(name: str, shape: Sequence[int], arch: Arch, removals: Sequence[Removal],
+                 chain: Optional[Sequence[Arch]] = None) -> List[Optional[torch.Tensor]]:
     """Per dimension of parameter `name` (full `shape` under `arch`): the indices that survive
     `removals` applied in order, as positions in the original tensor (new index i holds old
-    index kept[i]); None where nothing along that dimension is removed."""
+    index kept[i]); None where nothing along that dimension is removed. `chain`: the `Arch`
+    right before each removal, when the caller has it (a round's plan)."""
     removed: List[Optional[List[int]]] = [None] * len(shape)  # sorted original positions, per dim
-    match = _LAYER.match(name)
-    layer = int(match.group(1)) if match else None
-    for removal, before in zip(removals, arch_chain(arch, removals)):
+    _, layer = params.lookup(name)
+    for removal, before in zip(removals, chain if chain is not None else arch_chain(arch, removals)):
         # Cheap skip first: a head or channel removal leaves other layers' tensors (and the
         # stem's) whole, and an adaptive increment is thousands of one-layer removals.
         if removal.kind != "stem" and (layer is None or removal.indices[layer] < 0):
@@ -134,21 +92,18 @@ def _original_position(removed: List[int], position: int) -> int:
         original = again
 
 
-_last_chain: Tuple[Optional[Arch], Tuple[Removal, ...], List[Arch]] = (None, (), [])
-
-
 def arch_chain(arch: Arch, removals: Sequence[Removal]) -> List[Arch]:
     """The `Arch` right before each of `removals` (applied in order from `arch`).
 
-    A round asks for it once per tensor with the same removals; an adaptive increment is
-    ~14,000 one-layer removals at SmolLM-1.7B, so the last chain is kept and reused
-    (`bench/increment_bookkeeping.py`).
+    A round has it already (`pap.pruning.round_plan.RoundPlan.archs_before`): pass it to
+    `kept_indices` rather than recomputing it per tensor (an adaptive increment is ~14,000
+    one-layer removals at SmolLM-1.7B, `bench/increment_bookkeeping.py`).
     """
-    global _last_chain
-    cached_arch, cached_removals, chain = _last_chain
-    if cached_arch is arch and len(cached_removals) == len(removals) \
-            and all(a is b for a, b in zip(cached_removals, removals)):
-        return chain
+    chain = []
+    for removal in removals:
+        chain.append(arch)
+        arch = remove_from_arch(arch, removal)
+    return chain
     chain = []
     for removal in removals:
         chain.append(arch)

@@ -8,141 +8,77 @@ reference) and by checkpoint converters.
 
 from __future__ import annotations
 
-import re
 from typing import Dict
 
 import torch
 import torch.distributed as dist
 
-_LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.*)$")
-TIED_OUTPUT = "output_layer.weight"
-EMBEDDING = "embedding.word_embeddings.weight"
+from pap.params import EMBEDDING, OUTPUT_LAYER, global_name
+
+TIED_OUTPUT = OUTPUT_LAYER
+"""The output layer's weight: on the last PP stage of a tied model, a copy of `EMBEDDING`."""
 
 
-# Transformer Engine fuses each RMSNorm into the linear layer after it, and names its
-# weight there. Those weights go by the local layers' names everywhere pap names tensors
-# (checkpoints, pruning, initialisation), so TE and local runs share checkpoints.
-TE_TO_LOCAL = {"self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
-               "mlp.linear_fc1.layer_norm_weight": "pre_mlp_layernorm.weight"}
-
-
-def global_name(model, local_name: str) -> str:
-    """`decoder.layers.<local>.x` -> `decoder.layers.<global>.x` (PP stage offset applied),
-    with Transformer Engine's fused-norm names mapped to the local layers' (`TE_TO_LOCAL`)."""
-    match = _LAYER.match(local_name)
-    if not match:
-        return local_name
-    layer = model.decoder.layers[int(match.group(1))]
-    leaf = TE_TO_LOCAL.get(match.group(2), match.group(2))
-    return f"decoder.layers.{layer.layer_number - 1}.{leaf}"
-
-
-def _tp_info(param):
-    from megatron.core import parallel_state as ps
-
-    size = ps.get_tensor_model_parallel_world_size()
-    if size == 1 or not getattr(param, "tensor_model_parallel", False):
-        return None
-    return param.partition_dim, getattr(param, "partition_stride", 1), size
+def _shard(param):
+    """Where `param`'s TP shards sit (`pap.params.Shard`, set by `pap.model.build_model`), or
+    None when it is whole on every rank."""
+    return getattr(param, "pap_shard", None)
 
 
 def full_shape(param) -> torch.Size:
     """Shape `param` has at TP=1."""
-    placed = getattr(param, "pap_shard", None)
-    if placed is not None:
-        dim, _, size = placed
-        shape = list(param.shape)
-        shape[dim] = size
-        return torch.Size(shape)
-    info = _tp_info(param)
-    if info is None:
+    placed = _shard(param)
+    if placed is None:
         return param.shape
-    dim, _, size = info
     shape = list(param.shape)
-    shape[dim] *= size
+    shape[placed.dim] = placed.full_size
     return torch.Size(shape)
 
 
 def shard_indices(param):
     """(dim, full-tensor indices along `dim` that this TP rank's shard of `param` holds, in
     the shard's order), or None when the parameter is not split over TP ranks."""
-    from megatron.core import parallel_state as ps
-
-    placed = getattr(param, "pap_shard", None)
-    if placed is not None:
-        dim, indices, _ = placed
-        return dim, indices
-    info = _tp_info(param)
-    if info is None:
-        return None
-    dim, stride, size = info
-    full = torch.arange(param.shape[dim] * size)
-    piece = full.numel() // (size * stride)
-    pieces = torch.split(full, piece)
-    return dim, torch.cat(pieces[ps.get_tensor_model_parallel_rank()::size])
+    placed = _shard(param)
+    return None if placed is None else (placed.dim, placed.indices)
 
 
 def tp_gather(tensor: torch.Tensor, param, copy: bool = True) -> torch.Tensor:
     """The TP=1 tensor assembled from every TP rank's `tensor` (a shard of `param`).
 
-    Tensor collectives only, on `tensor`'s device (NCCL on GPU): uneven shards are padded
-    to the largest one and placed by the indices each rank holds. For a parameter that is
-    not TP-sharded the result is a copy, or `tensor` itself with `copy=False` (for
+    One all-gather on `tensor`'s device (NCCL on GPU): shards shorter than the longest are
+    padded to it, and each is put at the full-tensor indices its rank holds. For a parameter
+    that is not TP-sharded the result is a copy, or `tensor` itself with `copy=False` (for
     read-only callers).
     """
-    from megatron.core import parallel_state as ps
+    from megatron.core import parallel_state as ps  # heavy; only gathers over TP need it
 
-    placed = getattr(param, "pap_shard", None)
-    if placed is not None:  # uneven shards placed by pap.sharding.layout
-        dim, indices, size = placed
-        group = ps.get_tensor_model_parallel_group()
-        world = ps.get_tensor_model_parallel_world_size()
-        rows = tensor.detach().movedim(dim, 0).contiguous()
-        count = torch.tensor([rows.shape[0]], dtype=torch.long, device=rows.device)
-        counts = [torch.empty_like(count) for _ in range(world)]
-        dist.all_gather(counts, count, group=group)
-        counts = [int(c) for c in counts]
-        longest = max(counts)
-        padded = rows.new_zeros((longest,) + tuple(rows.shape[1:]))
-        padded[:rows.shape[0]] = rows
-        where = torch.zeros(longest, dtype=torch.long, device=rows.device)
-        where[:rows.shape[0]] = indices.to(rows.device)
-        parts, places = [torch.empty_like(padded) for _ in range(world)], [torch.empty_like(where) for _ in range(world)]
-        dist.all_gather(parts, padded, group=group)
-        dist.all_gather(places, where, group=group)
-        full = rows.new_empty((size,) + tuple(rows.shape[1:]))
-        for n, part, place in zip(counts, parts, places):
-            full.index_copy_(0, place[:n], part[:n])
-        return full.movedim(0, dim)
-
-    info = _tp_info(param)
-    if info is None:
+    placed = _shard(param)
+    if placed is None:
         return tensor.detach().clone() if copy else tensor.detach()
-    dim, stride, size = info
-    parts = [torch.empty_like(tensor) for _ in range(size)]
-    dist.all_gather(parts, tensor.detach().contiguous(), group=ps.get_tensor_model_parallel_group())
-    # A strided partition holds `stride` chunks (e.g. [gate_local; up_local] of SwiGLU fc1):
-    # the full tensor is chunk 0 of every rank, then chunk 1 of every rank, ...
-    chunks = [part.chunk(stride, dim=dim) for part in parts]
-    return torch.cat([chunks[r][j] for j in range(stride) for r in range(size)], dim=dim)
+    dim, local = placed.dim, tensor.detach()
+    longest = max(len(indices) for indices in placed.rank_indices)
+    sent = local.contiguous()
+    if local.shape[dim] < longest:
+        padded_shape = list(local.shape)
+        padded_shape[dim] = longest
+        sent = local.new_zeros(padded_shape)
+        sent.narrow(dim, 0, local.shape[dim]).copy_(local)
+    parts = [torch.empty_like(sent) for _ in placed.rank_indices]
+    dist.all_gather(parts, sent, group=ps.get_tensor_model_parallel_group())
+    shape = list(local.shape)
+    shape[dim] = placed.full_size
+    full = local.new_empty(shape)
+    for part, indices in zip(parts, placed.rank_indices):
+        full.index_copy_(dim, indices.to(full.device), part.narrow(dim, 0, len(indices)))
+    return full
 
 
 def tp_slice(full: torch.Tensor, param) -> torch.Tensor:
-    """This TP rank's slice of `full`, laid out as megatron shards `param`."""
-    from megatron.core import parallel_state as ps
-
-    placed = getattr(param, "pap_shard", None)
-    if placed is not None:
-        dim, indices, _ = placed
-        return full.index_select(dim, indices.to(full.device))
-
-    info = _tp_info(param)
-    if info is None:
+    """This TP rank's slice of `full`, laid out as `param`'s shard."""
+    placed = _shard(param)
+    if placed is None:
         return full
-    dim, stride, size = info
-    piece = full.shape[dim] // (size * stride)
-    pieces = torch.split(full, piece, dim=dim)
-    return torch.cat(pieces[ps.get_tensor_model_parallel_rank()::size], dim=dim)
+    return full.index_select(placed.dim, placed.indices.to(full.device))
 
 
 def _local_tensor(param, what):

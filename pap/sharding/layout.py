@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from typing import List
 
-import torch
-
 from pap.arch import Arch
 from pap.errors import PapError
 
@@ -70,31 +68,36 @@ def needs_placement(arch: Arch, tp: int) -> bool:
 
 
 class LayerPlacement:
-    """One layer's share on one TP rank, and the full-tensor indices of its shards."""
+    """One layer's share on one TP rank: its KV groups, query heads and FFN channels.
+
+    Which rows and columns of each weight that share is follows from the weight's axes
+    (`pap.params.held_indices`).
+    """
 
     def __init__(self, arch: Arch, layer: int, tp: int, rank: int):
         counts = arch.heads_per_group[layer]
-        mine = split_groups(counts, tp)[rank]
-        self.heads_per_group = [counts[g] for g in mine]
+        self.groups = split_groups(counts, tp)[rank]
+        """Indices of this rank's KV groups, in order."""
+        self.heads_per_group = [counts[g] for g in self.groups]
         self.channels = split_channels(arch.ffn[layer], tp)[rank]
-        d = arch.head_dim
-        # Global head (query) indices and linear_qkv head-unit rows of the kept groups.
-        first_head = {g: sum(counts[:g]) for g in range(len(counts))}
-        first_unit, unit = {}, 0
-        for g, n in enumerate(counts):
-            if n > 0:
-                first_unit[g] = unit
-                unit += n + 2
-        heads = [h for g in mine for h in range(first_head[g], first_head[g] + counts[g])]
-        self.heads = heads
+        first_head = [sum(counts[:g]) for g in range(len(counts))]
+        self.heads = [h for g in self.groups for h in range(first_head[g], first_head[g] + counts[g])]
         """Global indices of this rank's query heads, in the order its shard holds them."""
-        units = [u for g in mine for u in range(first_unit[g], first_unit[g] + counts[g] + 2)]
-        self.qkv_rows = torch.tensor([u * d + r for u in units for r in range(d)])
-        self.proj_columns = torch.tensor([h * d + r for h in heads for r in range(d)])
-        width = arch.ffn[layer]
-        self.fc1_rows = torch.tensor(list(self.channels) + [width + c for c in self.channels])
-        self.fc2_columns = torch.tensor(list(self.channels))
 
     @property
     def num_heads(self) -> int:
         return sum(self.heads_per_group)
+
+
+class Placements:
+    """`LayerPlacement`s of one `Arch` at one TP size, computed once per (layer, rank)."""
+
+    def __init__(self, arch: Arch, tp: int):
+        self.arch, self.tp = arch, tp
+        self._cache = {}
+
+    def __call__(self, layer: int, rank: int) -> LayerPlacement:
+        key = (layer, rank)
+        if key not in self._cache:
+            self._cache[key] = LayerPlacement(self.arch, layer, self.tp, rank)
+        return self._cache[key]

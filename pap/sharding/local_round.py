@@ -135,7 +135,8 @@ class LocalRound:
                 if getattr(param, attribute, None) is not None:
                     setattr(param, attribute, None)
         before, after = Placements(self.old_arch, self.tp), Placements(self.new_arch, self.tp)
-        self.maps = {name: ShardMap(name, old.full_shape, before, after, self.removals)
+        chain = plan.archs_before()
+        self.maps = {name: ShardMap(name, old.full_shape, before, after, self.removals, chain)
                      for name, old in self.old.items()}
         if self.distributed:
             self._group_ranks()

@@ -3,8 +3,8 @@
 A round takes a parameter from its shape under the old `Arch` to its shape under the new
 one. In full (TP=1) coordinates that is one list of surviving indices per dimension
 (`pap.pruning.remove.kept_indices`). Under TP, rank `u` holds the full-tensor indices
-`rows(u)` along the sharded dimension (`pap.sharding.layout`: contiguous and balanced, a
-pure function of the `Arch`), so each element's old and new owner and local position
+`rows(u)` along the sharded dimension (`pap.params.held_indices`: contiguous and
+balanced, a pure function of the `Arch`), so each element's old and new owner and local position
 follow without any communication. A head or FFN channel leaves its rank's shard; when the
 balanced placement of the new `Arch` moves a boundary group or channel to the
 neighbouring rank, those rows are the only ones that travel.
@@ -17,66 +17,37 @@ index tensors for what stays in place.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+from pap import params
 from pap.arch import Arch
 from pap.pruning.remove import kept_indices
 from pap.pruning.select import Removal
-from pap.sharding.full_state import EMBEDDING, TIED_OUTPUT
-from pap.sharding.layout import LayerPlacement
-
-_LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
-_DECODER_SHARDS = {
-    "self_attention.linear_qkv.weight": (0, "qkv_rows"),
-    "self_attention.linear_proj.weight": (1, "proj_columns"),
-    "mlp.linear_fc1.weight": (0, "fc1_rows"),
-    "mlp.linear_fc2.weight": (1, "fc2_columns"),
-}
-
-
-class Placements:
-    """`LayerPlacement`s of one `Arch` at one TP size, computed once per (layer, rank)."""
-
-    def __init__(self, arch: Arch, tp: int):
-        self.arch, self.tp = arch, tp
-        self._cache = {}
-
-    def __call__(self, layer: int, rank: int) -> LayerPlacement:
-        key = (layer, rank)
-        if key not in self._cache:
-            self._cache[key] = LayerPlacement(self.arch, layer, self.tp, rank)
-        return self._cache[key]
+from pap.sharding.layout import Placements
 
 
 def tp_dim(name: str) -> Optional[int]:
     """The dimension megatron splits over TP ranks for parameter `name`, or None (replicated)."""
-    if name in (EMBEDDING, TIED_OUTPUT):
-        return 0  # vocabulary-parallel
-    match = _LAYER.match(name)
-    if match and match.group(2) in _DECODER_SHARDS:
-        return _DECODER_SHARDS[match.group(2)][0]
-    return None
+    return params.tp_dim(name)
 
 
 def shard_rows(name: str, full_size: int, placements: Placements, rank: int) -> torch.Tensor:
-    """Full-tensor indices along `tp_dim(name)` that TP rank `rank` holds, in its local order.
+    """Full-tensor indices along `tp_dim(name)` that TP rank `rank` holds, in its local order
+    (`pap.params.held_indices`); `full_size` is the full tensor's length along that dimension.
 
     The same indices megatron's even split gives where the shape divides (contiguous
     blocks; `linear_fc1` as [gate block; up block]), and pap's placement where it does not.
     """
-    tp = placements.tp
-    if tp == 1:
-        return torch.arange(full_size)
-    match = _LAYER.match(name)
-    if match:
-        attribute = _DECODER_SHARDS[match.group(2)][1]
-        return getattr(placements(int(match.group(1)), rank), attribute)
-    per_rank = full_size // tp  # the vocabulary is padded to a multiple of TP
-    return torch.arange(rank * per_rank, (rank + 1) * per_rank)
+    rows = params.held_indices(name, placements, rank)
+    if rows is None:
+        raise ValueError(f"{name} is not split over TP ranks")
+    expected = params.full_shape(name, placements.arch)[params.tp_dim(name)]
+    if full_size != expected:
+        raise ValueError(f"{name} is {expected} long along its TP dimension under this Arch, not {full_size}")
+    return rows
 
 
 def _owners(rows: Sequence[torch.Tensor], size: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -123,11 +94,12 @@ class ShardMap:
     """
 
     def __init__(self, name: str, old_shape: Sequence[int], old: Placements, new: Placements,
-                 removals: Sequence[Removal]):
+                 removals: Sequence[Removal], chain: Optional[Sequence[Arch]] = None):
+        """`chain`: the `Arch` right before each removal (a round's plan has it)."""
         self.name = name
         shape = list(old_shape) + [1] * (2 - len(old_shape))
         tp = old.tp
-        kept = kept_indices(name, old_shape, old.arch, removals) + [None] * (2 - len(old_shape))
+        kept = kept_indices(name, old_shape, old.arch, removals, chain) + [None] * (2 - len(old_shape))
         self.old_shape = shape
         self.new_shape = [len(k) if k is not None else n for k, n in zip(kept, shape)]
         self.kept = [k if k is not None else torch.arange(n) for k, n in zip(kept, shape)]
