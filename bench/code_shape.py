@@ -53,7 +53,7 @@ LAYERS: List[Tuple[str, int]] = [
     ("pap/trainer.py", 4), ("pap/prune_hook.py", 4), ("pap/callbacks.py", 4), ("pap/forward_step.py", 4),
     ("pap/pruning_log.py", 4), ("pap/components.py", 4),
     ("pap/eval/training.py", 4),  # lm-eval during training: a training component
-    ("pap/params.py", 0), ("pap/eval/table.py", 0),  # the parameter table; lm-eval's table rendering
+    ("pap/params.py", 0), ("pap/eval/table.py", 0), ("pap/resume_settings.py", 0),  # the parameter table; lm-eval's table rendering
     # L5: entry points.
     ("pap/train.py", 5), ("pap/convert.py", 5), ("pap/eval/", 5), ("pap/baselines.py", 5),
     ("pap/plot.py", 5), ("pap/generate.py", 5),

@@ -2,6 +2,7 @@
 aligned against an unaligned pruned shape.
 
     python bench/throughput.py [--shape cpu|smollm] [--nproc 2] [--steps 8] [--dtype bf16]
+                               [--pairs 5] [--compare megatron,pap aligned,unaligned]
 
 Each run is a fresh `torchrun` (`--nproc` processes, DP only, the distributed optimizer),
 bf16 with fp32 masters by default, on the same shape, micro batch and sequence length:
@@ -15,9 +16,15 @@ bf16 with fp32 masters by default, on the same shape, micro batch and sequence l
   would leave without and with `prune.final_multiple_of: 64` (the `pap` shape minus 1,
   and minus 64).
 
-Prints one Markdown row per run: tokens/s (median of the steps after the first two),
-TFLOP/s per GPU (6 x parameters x tokens plus attention, Megatron's count), MFU against
-the device's dense bf16 peak where known, and the ratio to the `megatron` run. Shapes:
+Each comparison (`megatron` against `pap`, `pap-aligned` against `pap-unaligned`) runs as
+`--pairs` interleaved pairs, the order alternating from pair to pair (A B, B A, A B, ...), so
+that a slow phase of a shared machine falls on both sides. A run's figure is the median of
+its steps after the first two. Prints one Markdown row per run kind: the median over its
+runs of the step time with the spread (min-max over the runs), tokens/s, TFLOP/s per device
+(`pap.arch.Arch.flops_per_token`, Megatron's count), MFU against the device's dense bf16
+peak where known; then per comparison the median of the per-pair ratios of tokens/s with
+their min-max. A ratio is stated only when every pair's ratio lies on the same side of 1;
+otherwise the line says the runs do not resolve a difference. Shapes:
 `cpu` is hidden 512, FFN 2048, 8 heads, 4 layers, seq 256, micro batch 2; `smollm` is
 SmolLM-1.7B (hidden 2048, FFN 8192, 32 heads, 24 layers, vocab 49152), seq 2048, micro
 batch 4.
@@ -45,10 +52,17 @@ SHAPES = {
 
 
 def flops_per_token(shape: dict) -> float:
-    """Megatron's training FLOPs per token: 6 x matmul parameters plus attention scores."""
-    h, f, layers, vocab, seq = shape["hidden"], shape["ffn"], shape["layers"], shape["vocab"], shape["seq"]
-    per_layer = 4 * h * h + 3 * h * f
-    return 6 * (layers * per_layer + vocab * h) + 12 * layers * h * seq
+    """Megatron's training FLOPs per token at `shape`, from `pap.arch.Arch.flops_per_token`:
+    attention widths are heads x head_dim, which differs from hidden once a hidden channel is
+    pruned (head_dim stays)."""
+    from pap.arch import Arch
+
+    heads, layers = shape["heads"], shape["layers"]
+    head_dim = shape.get("head_dim") or shape["hidden"] // heads
+    arch = Arch(vocab_size=shape["vocab"], padded_vocab_size=shape["vocab"], hidden_size=shape["hidden"],
+                head_dim=head_dim, heads_per_group=[[1] * heads for _ in range(layers)],
+                ffn=[shape["ffn"]] * layers, tie_embeddings=False)
+    return arch.flops_per_token(shape["seq"])
 
 
 def _megatron_steps(shape: dict, dtype: str, steps: int) -> list:
@@ -200,11 +214,33 @@ def run(kind: str, shape: dict, dtype: str, steps: int, nproc: int) -> float:
     return statistics.median(times[2:])
 
 
+def pair_order(pair: int, first: str, second: str) -> tuple:
+    """The two kinds of a comparison in the order of pair `pair`: alternating, so that neither
+    side always runs first (after the other's warm caches, or into a slower phase)."""
+    return (first, second) if pair % 2 == 0 else (second, first)
+
+
+def spread(values: list) -> str:
+    """`median (min-max)` of `values`."""
+    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+
+
+def ratio_line(name: str, ratios: list) -> str:
+    """The per-pair ratios, stated as a ratio only when every pair falls on the same side of 1."""
+    text = f"{name}: per-pair tokens/s ratios {', '.join(f'{r:.3f}' for r in ratios)}; median {spread(ratios)}"
+    if min(ratios) > 1 or max(ratios) < 1:
+        return text + ": every pair on the same side of 1."
+    return text + ": the pairs straddle 1, so these runs do not resolve a difference."
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", default="cpu", choices=list(SHAPES))
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--pairs", type=int, default=5, help="interleaved repetitions of each comparison")
+    parser.add_argument("--compare", nargs="+", default=["megatron,pap", "aligned,unaligned"],
+                        choices=["megatron,pap", "aligned,unaligned"])
     parser.add_argument("--microbatches", type=int, default=2, help="micro batches per step per rank")
     parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"))
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -220,23 +256,38 @@ def main() -> int:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"{platform.node()} CPU"
     peak = next((v for k, v in PEAK_BF16.items() if k in device), None)
     print(f"# {device}, {args.nproc} processes (DP, distributed optimizer), {args.dtype}, shape {args.shape}, "
-          f"micro batch {shape['micro']} x {args.microbatches}, seq {shape['seq']}, {time.strftime('%Y-%m-%d')}")
-    print("| run | FFN | hidden | step (s) | tokens/s | TFLOP/s per device | MFU | vs megatron |")
+          f"micro batch {shape['micro']} x {args.microbatches}, seq {shape['seq']}, {args.pairs} interleaved "
+          f"pairs of {args.steps} steps, {time.strftime('%Y-%m-%d')}")
+    head_dim = shape["hidden"] // shape["heads"]
+    shapes = {"megatron": shape, "pap": shape,
+              "unaligned": {**shape, "ffn": shape["ffn"] - 1, "hidden": shape["hidden"] - 1, "head_dim": head_dim},
+              "aligned": {**shape, "ffn": shape["ffn"] - 64, "hidden": shape["hidden"] - 64, "head_dim": head_dim}}
+    steps = {kind: [] for kind in shapes}
+    for comparison in args.compare:
+        first, second = comparison.split(",")
+        for pair in range(args.pairs):
+            for kind in pair_order(pair, first, second):
+                steps[kind].append(run("megatron" if kind == "megatron" else "pap", shapes[kind], args.dtype,
+                                       args.steps, args.nproc))
+                print(f"# pair {pair + 1}, {kind}: {steps[kind][-1]:.3f} s/step", flush=True)
+    print("| run | FFN | hidden | runs | step (s), median (min-max) | tokens/s | TFLOP/s per device | MFU |")
     print("|---|---|---|---|---|---|---|---|")
-    runs = [("megatron", shape), ("pap", shape),
-            ("pap-unaligned", {**shape, "ffn": shape["ffn"] - 1, "hidden": shape["hidden"] - 1,
-                               "head_dim": shape["hidden"] // shape["heads"]}),
-            ("pap-aligned", {**shape, "ffn": shape["ffn"] - 64, "hidden": shape["hidden"] - 64,
-                             "head_dim": shape["hidden"] // shape["heads"]})]
-    baseline = None
-    for kind, run_shape in runs:
-        step = run("megatron" if kind == "megatron" else "pap", run_shape, args.dtype, args.steps, args.nproc)
-        tokens = run_shape["micro"] * run_shape["microbatches"] * run_shape["seq"] * args.nproc / step
+    tokens_per_s = {}
+    for kind, times in steps.items():
+        if not times:
+            continue
+        run_shape = shapes[kind]
+        batch_tokens = run_shape["micro"] * run_shape["microbatches"] * run_shape["seq"] * args.nproc
+        tokens_per_s[kind] = [batch_tokens / t for t in times]
+        tokens = statistics.median(tokens_per_s[kind])
         tflops = flops_per_token(run_shape) * tokens / args.nproc / 1e12
-        baseline = baseline or tokens
         mfu = f"{100 * tflops / peak:.1f}%" if peak else "n/a"
-        print(f"| {kind} | {run_shape['ffn']} | {run_shape['hidden']} | {step:.3f} | {tokens:,.0f} | {tflops:.3f} | "
-              f"{mfu} | {tokens / baseline:.3f} |", flush=True)
+        print(f"| {kind} | {run_shape['ffn']} | {run_shape['hidden']} | {len(times)} | {spread(times)} | "
+              f"{tokens:,.0f} | {tflops:.4f} | {mfu} |", flush=True)
+    for comparison in args.compare:
+        first, second = comparison.split(",")
+        ratios = [b / a for a, b in zip(tokens_per_s[first], tokens_per_s[second])]
+        print(ratio_line(f"{second} / {first}", ratios))
     return 0
 
 

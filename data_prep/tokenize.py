@@ -237,6 +237,17 @@ def run(args) -> int:
         run_dir.close()
 
 
+def _no_records(files) -> str:
+    """Why no document came out of `files`, naming them (the first few) and the empty ones."""
+    files = [str(f) for f in files]
+    empty = [f for f in files if os.path.getsize(f) == 0]
+    if empty and len(empty) == len(files):
+        named = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
+        return f"{named} {'is' if len(empty) == 1 else 'are'} empty (0 bytes); give a file with records"
+    named = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    return f"{named} hold{'s' if len(files) == 1 else ''} no records (only blank lines)"
+
+
 def _tokenize(args, plan: Plan, run_dir: RunDir, started: float) -> int:
     """Tokenize the shards not done yet, merge all of them in order, move the results into place."""
     shards, keys = plan.shards, plan.keys
@@ -262,7 +273,7 @@ def _tokenize(args, plan: Plan, run_dir: RunDir, started: float) -> int:
     totals = _totals(shards, markers, keys)
     for key in keys:
         if totals[key]["documents"] == 0:
-            reasons = _skip_text(totals[key]["skipped"]) or "the inputs hold no records"
+            reasons = _skip_text(totals[key]["skipped"]) or _no_records(plan.files)
             raise PapError(f"no documents for {key!r}: {reasons}{_first_example(totals[key]['examples'])}")
     for key in keys:
         merge([worker.shard_prefix(job.workdir, s.index, key) for s in shards],

@@ -5,6 +5,7 @@ Layout (Megatron-LM's names, so its users find their way):
     <dir>/latest_checkpointed_iteration.txt     the newest complete checkpoint
     <dir>/iter_0000100/                         megatron-core dist_checkpointing (torch_dist)
     <dir>/iter_0000100/pap_state.json           Arch, iteration, scheduler, layout, config
+    <dir>/iter_0000100/checksums.json           size and CRC-32 of every other file
 
 Tensors are saved with megatron-core `dist_checkpointing` under their global names
 (`model/<name>`, `optim/<moment>/<name>`, and for runs whose weights are not fp32, the fp32
@@ -116,27 +117,61 @@ def load_rank_state(resume: ResumeState, layout: dict) -> Optional[dict]:
 
 def complete_checkpoints(root: Optional[str]) -> list:
     """The complete checkpoints under `root` (those with a state file), newest first: the
-    tracker's, then every `iter_*` directory by iteration."""
+    tracker's, then every `iter_*` directory by iteration (each state file parsed)."""
+    return [_read_state(path / STATE_FILE) for path in checkpoint_dirs(root)]
+
+
+def checkpoint_dirs(root: Optional[str]) -> list:
+    """The directories of the complete checkpoints under `root` (those with a state file),
+    newest first: the tracker's, then every `iter_*` directory by iteration. Unlike
+    `complete_checkpoints`, no state file is parsed, so a damaged one in a checkpoint that
+    is never used blocks nothing."""
     if not root or not Path(root).is_dir():
         return []
-    tracker = Path(root) / TRACKER
-    candidates = []
-    if tracker.is_file():
-        text = tracker.read_text().strip()
-        if not text.isdigit():
-            raise PapError(f"{tracker}: expected an iteration number, found {text[:40]!r}; "
-                           f"fix or delete the file to resume from the newest iter_* directory")
-        candidates.append(iteration_dir(root, int(text)))
+    tracked = tracker_iteration(root)
+    candidates = [iteration_dir(root, tracked)] if tracked is not None else []
     for path in sorted(Path(root).glob("iter_[0-9][0-9][0-9][0-9][0-9][0-9][0-9]"), reverse=True):
         if path not in candidates:
             candidates.append(path)
-    return [_read_state(path / STATE_FILE) for path in candidates if (path / STATE_FILE).is_file()]
+    return [path for path in candidates if (path / STATE_FILE).is_file()]
+
+
+def tracker_iteration(root: str) -> Optional[int]:
+    """The iteration the tracker file of `root` names (None without one)."""
+    tracker = Path(root) / TRACKER
+    if not tracker.is_file():
+        return None
+    text = tracker.read_text().strip()
+    if not text.isdigit():
+        raise PapError(f"{tracker}: expected an iteration number, found {text[:40]!r}; "
+                       f"fix or delete the file to resume from the newest iter_* directory")
+    return int(text)
+
+
+def overwritten_by_rollback(root: str) -> list:
+    """Complete checkpoints newer than the one the tracker names that were already there when
+    the tracker was last written (oldest first): a resume from the tracker's checkpoint
+    replaces them as it saves.
+
+    A save renames its directory into place and then rewrites the tracker, so a process
+    killed in between leaves a newer checkpoint written *after* the tracker: that is the
+    normal crash window (the resume goes on from the tracker, as Megatron-LM does), and it
+    is not listed. A newer checkpoint older than the tracker file means the tracker was
+    pointed back at an older checkpoint by hand.
+    """
+    tracked = tracker_iteration(root)
+    if tracked is None:
+        return []
+    tracker_time = (Path(root) / TRACKER).stat().st_mtime_ns
+    newer = [path for path in checkpoint_dirs(root) if int(path.name[len("iter_"):]) > tracked]
+    return sorted((path for path in newer if (path / STATE_FILE).stat().st_mtime_ns <= tracker_time),
+                  key=lambda path: path.name)
 
 
 def find_latest(root: Optional[str]) -> Optional[ResumeState]:
     """The newest complete checkpoint under `root`, or None for a fresh start."""
-    found = complete_checkpoints(root)
-    return found[0] if found else None
+    found = checkpoint_dirs(root)
+    return _read_state(found[0] / STATE_FILE) if found else None
 
 
 def _checksum(path: Path) -> str:
@@ -151,20 +186,24 @@ def _checksum(path: Path) -> str:
 
 
 def _write_checksums(directory: Path) -> None:
-    """Record size and CRC-32 of every file under `directory` (rank 0, once all ranks wrote)."""
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name not in (STATE_FILE, CHECKSUMS))
+    """Record size and CRC-32 of every file under `directory`, the state file included
+    (rank 0, once all ranks wrote and the state file is written)."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != CHECKSUMS
+                   and not p.name.endswith(".tmp"))
     table = {str(p.relative_to(directory)): {"size": p.stat().st_size, "crc32": _checksum(p)} for p in files}
     _write_atomic(directory / CHECKSUMS, json.dumps(table, indent=0))
 
 
 def verify(path: Path) -> Optional[str]:
     """None when every file of checkpoint `path` matches its recorded size and CRC-32 (or no
-    checksums were recorded: checkpoints from older versions); else what is wrong, naming the file."""
+    checksums were recorded: `unverified` says so); else what is wrong, naming the file."""
     table_file = Path(path) / CHECKSUMS
     if not table_file.is_file():
         return None
     try:
         table = json.loads(table_file.read_text())
+        if not isinstance(table, dict):
+            raise ValueError("not a table")
     except ValueError:
         return f"checkpoint {path} is damaged: {table_file} is not valid JSON"
     for name, expected in sorted(table.items()):
@@ -177,6 +216,59 @@ def verify(path: Path) -> Optional[str]:
         if _checksum(file) != expected["crc32"]:
             return f"checkpoint {path} is damaged: {file} does not match the checksum written with it"
     return None
+
+
+def unverified(path: Path) -> Optional[str]:
+    """What of checkpoint `path` its checksums do not cover (None: every file is covered).
+
+    `verify` checks what `checksums.json` lists; a checkpoint without the table (deleted,
+    or written before checksums existed) or whose table leaves out the state file
+    (written before the state file was covered) is read partly or wholly unverified.
+    """
+    table_file = Path(path) / CHECKSUMS
+    if not table_file.is_file():
+        return (f"checkpoint {path} has no {CHECKSUMS}: none of its files can be verified "
+                f"(it was deleted, or the checkpoint predates checksums)")
+    try:
+        table = json.loads(table_file.read_text())
+    except ValueError:
+        return None  # `verify` reports it as damaged
+    if isinstance(table, dict) and STATE_FILE not in table:
+        return (f"checkpoint {path}: {STATE_FILE} is not covered by {CHECKSUMS} (written by an older "
+                f"version); its iteration, sample count and schedule are read unverified")
+    return None
+
+
+NO_VERIFY_ENV = "PAP_NO_VERIFY"
+"""Set to 1 to read a checkpoint that fails its checksums anyway (one line says so)."""
+
+
+def read_verified(path: str, flag: str = f"{NO_VERIFY_ENV}=1", report=print) -> ResumeState:
+    """`read(path)` after verifying the checkpoint's files the way a resume does.
+
+    A damaged checkpoint raises PapError naming the file, unless `flag` (the reader's way
+    to go on: a command-line option, or `PAP_NO_VERIFY=1`) was given, which the caller
+    says by setting that environment variable; then one line says it is read anyway.
+    What the checksums do not cover is said in one line too. Only rank 0 (or a process
+    outside torchrun) reads the files: the other ranks of the reader follow its exit.
+    """
+    state = read(path)
+    if os.environ.get("RANK", "0") != "0":
+        return state
+    problem = verify(state.path)
+    if problem is not None:
+        if os.environ.get(NO_VERIFY_ENV) != "1":
+            raise PapError(f"{problem}; pass {flag} to read it anyway")
+        report(f"pap: {problem}; reading it anyway ({flag})")
+    note = unverified(state.path)
+    if note is not None:
+        report(f"pap: {note}")
+    return state
+
+
+def read_state(path: Path) -> ResumeState:
+    """The state of the checkpoint directory `path` (PapError naming the file if it cannot be read)."""
+    return _read_state(Path(path) / STATE_FILE)
 
 
 def _read_state(state_file: Path) -> ResumeState:
@@ -317,7 +409,7 @@ def save(root: str, iteration: int, consumed_samples: int, arch: Arch, model, op
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
     dist.barrier()
-    dist_checkpointing.save(_sharded_tensors(model, optimizer, arch, fields), str(partial))
+    _dist_save(_sharded_tensors(model, optimizer, arch, fields), partial)
     adam_step = TrainingState(model, optimizer).step() if optimizer is not None else None
     if rank_state is not None:
         torch.save(rank_state, partial / rank_state_file(*_coordinates()))
@@ -325,7 +417,6 @@ def save(root: str, iteration: int, consumed_samples: int, arch: Arch, model, op
         write_extra(partial)
     dist.barrier()
     if rank == 0:
-        _write_checksums(partial)
         state = {
             "format": "boxes",
             "adam_step": adam_step,
@@ -337,8 +428,9 @@ def save(root: str, iteration: int, consumed_samples: int, arch: Arch, model, op
             "layout": layout,
             "config": config,
         }
-        fault_injection.point("checkpoint.before_rename")
         _write_atomic(partial / STATE_FILE, json.dumps(state, indent=1, default=str))
+        _write_checksums(partial)  # covers the state file: every file a resume reads is verified
+        fault_injection.point("checkpoint.before_rename")
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
@@ -363,6 +455,50 @@ def tag(root: str, iteration: int, name: str) -> Path:
     return link
 
 
+def _first_failure(exc: BaseException) -> BaseException:
+    """The first rank's exception inside torch's CheckpointException (or `exc` itself)."""
+    failures = getattr(exc, "failures", None)
+    if failures:
+        cause = next(iter(failures.values()))  # (exception, traceback frames)
+        return cause[0] if isinstance(cause, tuple) else getattr(cause, "exception", cause)
+    return exc
+
+
+def _os_error_in(exc: BaseException) -> Optional[OSError]:
+    """The OSError behind `exc`: itself, one it was raised from, or one its message quotes
+    (`[Errno 28] ...`: torch's writer workers pass on only the text of theirs)."""
+    import re
+
+    seen = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    found = re.search(r"\[Errno (\d+)\] ([^:;\n]+)", str(exc))
+    return OSError(int(found.group(1)), found.group(2).strip()) if found else None
+
+
+def _dist_save(sharded_state: dict, partial: Path) -> None:
+    """megatron `dist_checkpointing.save`, with a failed write (a full disk, a quota) as one
+    line: torch wraps the OSError of each rank in a CheckpointException with tracebacks."""
+    from megatron.core import dist_checkpointing
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        dist_checkpointing.save(sharded_state, str(partial))
+    except CheckpointException as exc:
+        cause = _first_failure(exc)
+        refused = _os_error_in(cause)
+        if refused is not None:  # one line with the system's reason (train.py's OSError handler)
+            raise OSError(refused.errno, refused.strerror or str(refused), refused.filename or str(partial)) from None
+        lines = str(cause).strip().splitlines()
+        raise PapError(f"{partial}: the checkpoint could not be written: "
+                       f"{lines[0][:300] if lines else type(cause).__name__}; the previous checkpoint "
+                       f"is intact") from None
+
+
 def _dist_load(sharded_state: dict, path: Path) -> dict:
     """megatron `dist_checkpointing.load`, with a mismatch reported as one PapError line.
 
@@ -375,11 +511,7 @@ def _dist_load(sharded_state: dict, path: Path) -> dict:
     try:
         return dist_checkpointing.load(sharded_state, str(path))
     except (Exception, CheckpointException) as exc:
-        cause = exc
-        failures = getattr(exc, "failures", None)
-        if failures:
-            cause = next(iter(failures.values()))  # (exception, traceback frames)
-            cause = cause[0] if isinstance(cause, tuple) else getattr(cause, "exception", cause)
+        cause = _first_failure(exc)
         lines = str(cause).strip().splitlines()
         raise PapError(f"{path}: cannot load the weights: {lines[0][:300] if lines else type(cause).__name__}; "
                        f"the checkpoint does not match its recorded architecture") from None

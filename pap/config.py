@@ -179,7 +179,8 @@ class LogConfig:
     """TensorBoard event directory; default `<checkpoint.dir>/tensorboard` when a checkpoint dir is set."""
     metrics_file: Optional[str] = None
     """JSON-lines file with one record per step (iteration, loss, lr, grad_norm) and per
-    validation; default `<checkpoint.dir>/metrics.jsonl`. Appended to on resume."""
+    validation; default `<checkpoint.dir>/metrics.jsonl`. Appended to on resume. One run at a
+    time writes it: a file outside `checkpoint.dir` is locked (`<file>.lock`) for the run's life."""
 
 
 @dataclass
@@ -200,6 +201,14 @@ class CheckpointConfig:
     fallback: bool = False
     """When the newest checkpoint fails its checksums, resume from the newest complete one
     that passes (instead of stopping with an error naming the damaged file)."""
+    allow_changes: list = field(default_factory=list)
+    """Settings a resume may change although they make the run another one (e.g.
+    [data.seq_length, prune.target_params]); each change is applied and logged. Settings
+    such as train.lr are applied and logged without being listed; docs/RELIABILITY.md has
+    the table (`pap.resume_settings`)."""
+    rollback: bool = False
+    """Resume from the checkpoint the tracker file names even when newer complete checkpoints
+    were written before it (they are replaced as the run saves again)."""
 
 
 @dataclass
@@ -236,22 +245,40 @@ class PruneConfig:
     """What happens to the surviving weights at a removal: none (EfficientLLM-A: the removed
     weights just go) or obs (EfficientLLM-B: a second-order update of the layer whose input
     columns go, from the layer-input Hessian of the window's sampled tokens; docs/PRUNING.md)."""
-    hessian_tokens: int = 1024
+    hessian_tokens: int = 4096
     """update=obs: tokens per optimizer step sampled into the layer-input Hessians, spread
-    evenly over the global batch's sequences (at least one position per sequence)."""
+    evenly over the global batch's sequences (at least one position per sequence). 4096:
+    a 9-step window then fits about 4 tokens per input of an 8,192-wide `linear_fc2`, where
+    the held-out error comes close to its many-token value (docs/BENCHMARKS.md, "OBS update
+    against sampled tokens")."""
     hessian_damp: float = 0.01
     """update=obs: dampening λ; the update solves with H + λ·mean(diag H)·I."""
+    hessian_holdout: float = 0.125
+    """update=obs: fraction of the sampled positions held out of H (at most 0.5), on which
+    the round reports the update's error (`obs_error`): out of sample. 0: none held out (H
+    from every sampled token; the reported error is then in-sample)."""
     layers: str = "uniform"
     """How removals spread over layers: uniform (one head or FFN channel of every layer at
     once, EfficientLLM; all layers keep equal widths), greedy (the least salient single head or
     FFN channel of one layer, or hidden channel) or adaptive (Adapt-Pruner: increments of
     prune.increment of the parameters, spread by per-layer targets from each layer's
     input/output cosine similarity; needs metric=first). docs/PRUNING.md."""
-    increment: float = 0.05
-    """layers=adaptive: fraction of the current parameters each increment removes (one
-    increment per prune.grad_steps optimizer steps; prune.prune_steps is not used)."""
-    adapt_amplitude: float = 0.5
-    """layers=adaptive: A in [0, 1): layer sparsities lie in [(1-A), (1+A)] x the average."""
+    increment: float = 0.02
+    """layers=adaptive: delta, what each increment adds (one increment per prune.grad_steps
+    optimizer steps; prune.prune_steps is not used). adapt_rule=published: to every layer's
+    cumulative sparsity relative to the source widths (Adapt-Pruner's 0.02); scaled: the
+    fraction of the current parameters the increment removes."""
+    adapt_amplitude: float = 0.02
+    """layers=adaptive: A. published: s_l <- clip(s_l + increment - A z_l, 0, 0.99), z_l the
+    layer's normalised importance in [-1, 1] (Adapt-Pruner's 0.02); scaled: A in [0, 1),
+    layer sparsities within [(1-A), (1+A)] x the increment's mean."""
+    adapt_rule: str = "published"
+    """layers=adaptive: published (Adapt-Pruner's additive, cumulative update relative to the
+    source model's widths) or scaled (each increment removes prune.increment of the current
+    parameters, spread by 1 - A z_l). docs/METHOD.md §8."""
+    adapt_unit: str = "group"
+    """layers=adaptive: the attention unit removed, group (a whole KV group with its query
+    heads, as Adapt-Pruner) or head (one query head; its KV head goes with the group's last)."""
 
 
 @dataclass
@@ -405,6 +432,8 @@ _CHOICES = {
     "train.lr_decay_style": ("cosine", "linear", "constant"),
     "prune.metric": ("first", "mix", "obd"),
     "prune.update": ("none", "obs"),
+    "prune.adapt_rule": ("published", "scaled"),
+    "prune.adapt_unit": ("group", "head"),
     "prune.layers": ("uniform", "greedy", "adaptive"),
 }
 
@@ -476,10 +505,19 @@ def validate(cfg: PapConfig, source: str = "<config>") -> None:
         fail("checkpoint.save_interval", "must be >= 0")
     if t.exit_signal is not None and not hasattr(signal, t.exit_signal):
         fail("train.exit_signal", f"must be a signal name such as SIGUSR1 or null, got {t.exit_signal!r}")
+    from pap.resume_settings import check_allow_changes  # it imports this module: a cycle
+
+    check_allow_changes(cfg.checkpoint.allow_changes, source)
     pr = cfg.prune
     if pr.enabled:
-        if pr.target_params <= 0:
-            fail("prune.target_params", "must be positive (a count, or a fraction <= 1)")
+        _check_prune_target(pr, fail)
+        for key, floor, model_key, width in prune_floors(pr, m):
+            if floor < 1:
+                fail(key, f"must be >= 1, got {floor}")
+            # (with checkpoint.init_from the source's widths are checked when it is read)
+            if floor > width and not cfg.checkpoint.init_from:
+                fail(key, f"({floor}) is larger than the model's {model_key} ({width}): a floor above the "
+                     f"model's width cannot be kept; choose at most {width}")
         if pr.grad_steps < 1 or pr.prune_steps < 1:
             fail("prune", "grad_steps and prune_steps must be >= 1")
         if pr.final_multiple_of < 1:
@@ -493,9 +531,11 @@ def validate(cfg: PapConfig, source: str = "<config>") -> None:
         if pr.layers == "adaptive" and pr.metric != "first":
             fail("prune.layers", f"adaptive ranks heads and channels inside a layer by first-order Taylor "
                  f"importance; set prune.metric=first (got {pr.metric!r})")
-        if pr.layers == "adaptive" and not (0 < pr.increment < 1 and 0 <= pr.adapt_amplitude < 1):
-            fail("prune.increment", f"must be in (0, 1) and prune.adapt_amplitude in [0, 1) with "
-                 f"prune.layers=adaptive, got {pr.increment} and {pr.adapt_amplitude}; e.g. 0.05 and 0.5")
+        amplitude_cap = 1 if pr.adapt_rule == "scaled" else float("inf")
+        if pr.layers == "adaptive" and not (0 < pr.increment < 1 and 0 <= pr.adapt_amplitude < amplitude_cap):
+            fail("prune.increment", f"must be in (0, 1) and prune.adapt_amplitude >= 0 (and < 1 with "
+                 f"prune.adapt_rule=scaled) with prune.layers=adaptive, got {pr.increment} and "
+                 f"{pr.adapt_amplitude}; e.g. 0.02 and 0.02")
         if pr.normalize not in (None, "params"):
             fail("prune.normalize", f"must be unset or 'params', got {pr.normalize!r}")
         if pr.min_kv_heads < p.tp or pr.min_ffn < p.tp:
@@ -515,6 +555,32 @@ def validate(cfg: PapConfig, source: str = "<config>") -> None:
     if not cfg.data.blend:
         fail("data.blend", "is empty: give at least one dataset prefix (path/name_text_document)")
     _parse_split(cfg.data.split, source)
+
+
+def prune_floors(pr, m) -> list:
+    """(floor key, floor, model key, the model's width) for each `prune.min_*` floor."""
+    return [("prune.min_heads", pr.min_heads, "model.num_attention_heads", m.num_attention_heads),
+            ("prune.min_kv_heads", pr.min_kv_heads, "model.num_query_groups", m.num_query_groups),
+            ("prune.min_ffn", pr.min_ffn, "model.ffn_hidden_size", m.ffn_hidden_size),
+            ("prune.min_hidden", pr.min_hidden, "model.hidden_size", m.hidden_size)]
+
+
+MIN_TARGET_COUNT = 1000
+"""The smallest `prune.target_params` read as a parameter count: a count below it is no
+language model, so a value such as 2.0 is a mistake (a fraction meant as 0.2, or a count
+missing its digits)."""
+
+
+def _check_prune_target(pr, fail) -> None:
+    """`prune.target_params` is a fraction in (0, 1] or a whole count of at least
+    MIN_TARGET_COUNT parameters; anything else is refused with what was probably meant."""
+    target = pr.target_params
+    if target <= 0:
+        fail("prune.target_params", "must be positive (a count, or a fraction <= 1)")
+    if target > 1 and (target != int(target) or target < MIN_TARGET_COUNT):
+        fail("prune.target_params", f"is {target:g}: values above 1 are parameter counts (whole numbers of at "
+             f"least {MIN_TARGET_COUNT}, e.g. 134e6), values up to 1 fractions of the starting model "
+             f"(e.g. 0.5); {target:g} is neither")
 
 
 def _parse_split(split: str, source: str) -> list:

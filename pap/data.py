@@ -19,7 +19,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from data_prep.index import validate_pair
+from data_prep.index import read_index, validate_pair
 from pap.config import PapConfig, parse_blend
 from pap.errors import PapError
 
@@ -70,6 +70,32 @@ class DatasetVocabulary:
     """For an error line: 'was tokenized with a vocabulary of N (meta file)' or 'contains token id N'."""
     declared: bool
     """True when the metadata sidecar says it; False when a scan of the tokens found it."""
+
+
+SPLIT_NAMES = ("training", "validation", "test")
+
+
+def split_tokens(prefix: str, split: str) -> List[int]:
+    """Tokens of `prefix` in each part of `split` ("98,2,0"), cut as megatron-core's dataset
+    builder cuts a GPT dataset: by sequence, at round(cumulative fraction x sequences)."""
+    parts = [float(x) for x in split.replace("/", ",").split(",")]
+    lengths = read_index(prefix).sequence_lengths
+    n, total, bounds = len(lengths), sum(parts), [0.0]
+    for part in parts:
+        bounds.append(bounds[-1] + part / total)
+    cuts = [int(round(b * float(n))) for b in bounds]
+    return [int(lengths[cuts[i]:cuts[i + 1]].sum(dtype=np.int64)) for i in range(len(parts))]
+
+
+def check_samples_fit(prefix: str, seq_length: int, split: str, parts, key: str, fix: str) -> None:
+    """Each split part in `parts` (0 training, 1 validation) of `prefix` must hold one sample:
+    `seq_length` + 1 tokens. Fewer would make megatron-core's dataset builder loop forever
+    looking for enough epochs, so it is refused first, naming `key`, the prefix and both numbers."""
+    tokens = split_tokens(prefix, split)
+    for part in parts:
+        if tokens[part] < seq_length + 1:
+            raise PapError(f"{key}: {prefix} holds {tokens[part]:,} tokens in its {SPLIT_NAMES[part]} split "
+                           f"(split {split}), fewer than one sample of {seq_length} + 1 tokens; {fix}")
 
 
 def dataset_vocabulary(prefix: str) -> Optional[DatasetVocabulary]:
@@ -130,6 +156,7 @@ def build_datasets(cfg: PapConfig, train_samples: int, valid_samples: int, cache
     prefixes, weights = parse_blend(cfg.data.blend)
     for prefix in prefixes:
         check_dataset(prefix, cfg.model.vocab_size)
+        check_corpus_size(cfg, prefix, valid_samples > 0)
     if cache_dir and _builds_cache_first():
         # Only the rank that writes the cache checks it: megatron builds the indices on
         # global rank 0 first and the other ranks read them after a barrier, so a check on
@@ -153,6 +180,14 @@ def build_datasets(cfg: PapConfig, train_samples: int, valid_samples: int, cache
     if train is None:
         raise PapError(f"data.split={cfg.data.split!r} leaves no training data")
     return train, valid
+
+
+def check_corpus_size(cfg: PapConfig, prefix: str, validating: bool) -> None:
+    """`prefix`'s training split (and validation split, when validating) holds at least one
+    sample of `data.seq_length`."""
+    check_samples_fit(prefix, cfg.data.seq_length, cfg.data.split, (0, 1) if validating else (0,), "data.blend",
+                      "use a larger corpus, a smaller data.seq_length or another data.split"
+                      + (" (or train.eval_iters=0)" if validating else ""))
 
 
 def _builds_cache_first() -> bool:

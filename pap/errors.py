@@ -13,7 +13,8 @@ def describe_os_error(exc: OSError) -> str:
     """One line for a failed read or write: the path, the system's reason, and what to do."""
     path = f"{exc.filename}: " if exc.filename else ""
     hint = {28: "free space on that filesystem", 13: "choose a directory you can write to",
-            30: "choose a writable filesystem"}.get(exc.errno, "check the path")
+            30: "choose a writable filesystem", 27: "free space or raise the file-size limit (ulimit -f)",
+            122: "free space within your disk quota"}.get(exc.errno, "check the path")
     return f"{path}{exc.strerror or exc}; {hint}"
 
 

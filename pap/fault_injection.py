@@ -10,6 +10,7 @@ variable every point is a dictionary lookup. Points: `checkpoint.before_rename` 
 file of a save written, not yet visible), `checkpoint.before_tracker` (the save renamed
 into place, the tracker file not yet updated), `events.after_write` (a pruning event
 appended), `metrics.after_write` (a step's scalars appended).
+`PAP_KILL_SIGNAL=SIGINT` sends that signal instead (a Ctrl-C at an exact moment).
 """
 
 from __future__ import annotations
@@ -31,4 +32,4 @@ def point(name: str) -> None:
         return
     _reached[name] += 1
     if _reached[name] == int(_COUNT or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, os.environ.get("PAP_KILL_SIGNAL", "SIGKILL")))

@@ -215,7 +215,7 @@ def block_spec(arch: Arch, cfg: PapConfig, config):
     from megatron.core.transformer.transformer_block import _get_block_submodules
     from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
-    from pap.cluster_attention import ClusterSelfAttention
+    from pap.cluster_attention import ClusterSelfAttention  # megatron-core, as above
 
     spec = layer_spec(cfg)
     tp = cfg.parallel.tp

@@ -22,6 +22,7 @@ from typing import List, Optional, Sequence
 from pap.callbacks import Callback
 from pap.checkpoint import iteration_dir, tag
 from pap.config import PruneConfig
+from pap.errors import PapError
 from pap.pruning.accumulator import SaliencyAccumulator
 from pap.pruning.layer_cosine import LayerCosine
 from pap.pruning.round_plan import SELECTION_MODES, RoundPlan, RoundSettings, plan_round
@@ -34,6 +35,21 @@ from pap.sharding.portable_window import load_window, read_window, save_window
 from pap.sharding.reduce_saliency import global_layer_cosine, global_scores
 from pap.sharding.reshard import Rebuild, RoundResult, execute_round
 from pap.sharding.training_state import TrainingState
+
+
+def check_floors_fit(cfg: PruneConfig, source) -> None:
+    """The `prune.min_*` floors must fit the model the run starts from (`source`, an Arch:
+    the configured model or `checkpoint.init_from`'s); a floor above its width is refused."""
+    # Against the widest layer: a source pruned unevenly may have layers below a floor already.
+    widths = {"prune.min_heads": ("query heads", max(sum(layer) for layer in source.heads_per_group)),
+              "prune.min_kv_heads": ("KV heads", max(len(layer) for layer in source.heads_per_group)),
+              "prune.min_ffn": ("FFN width", max(source.ffn)),
+              "prune.min_hidden": ("hidden size", source.hidden_size)}
+    for key, (what, width) in widths.items():
+        floor = getattr(cfg, key.split(".")[1])
+        if floor > width:
+            raise PapError(f"{key} ({floor}) is larger than the starting model's {what} ({width}): a floor "
+                           f"above the model's width cannot be kept; choose at most {width}")
 
 
 def target_params(cfg: PruneConfig, source_params: int) -> int:
@@ -97,11 +113,15 @@ class PruningHook(Callback):
 
     # ---- events ----------------------------------------------------------------------------
     def setup(self, trainer) -> None:
+        check_floors_fit(self.cfg, trainer.source_arch)
         self.target = target_params(self.cfg, trainer.source_arch.num_params())
+        # The published adaptive rule measures sparsity against the source widths.
+        self.settings = RoundSettings.from_config(self.cfg, trainer.source_arch)
         self.log = EventLog(self.events_file, trainer.topo.rank == 0)
         if self.cfg.update == "obs":
             self.hessians = HessianWindow(self.cfg.hessian_tokens, trainer.cfg.train.global_batch_size,
-                                          trainer.cfg.data.seq_length, trainer.topo.tp, trainer.topo.dp)
+                                          trainer.cfg.data.seq_length, trainer.topo.tp, trainer.topo.dp,
+                                          holdout=self.cfg.hessian_holdout)
             if self.active(trainer):
                 self.hessians.attach(trainer.model.module, trainer.arch)
         if self.cosine is not None and self.active(trainer):

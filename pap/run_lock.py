@@ -129,3 +129,19 @@ class RunLock:
         who = _describe(holder) if holder.get("pid") else "another run"
         return (f"checkpoint.dir {self.path.parent} is in use by {who} ({self.path}); stop that run "
                 f"(and any of its workers left running) or choose another checkpoint.dir")
+
+
+class FileLock(RunLock):
+    """The same lock for one shared file outside the run directory (`log.metrics_file` named
+    by hand): `<file>.lock`, so that two runs never write, trim or empty one file together."""
+
+    def __init__(self, file: str, key: str):
+        super().__init__(os.path.dirname(os.path.abspath(file)))
+        self.path = Path(f"{file}.lock")
+        self.file = file
+        self.key = key
+
+    def _held_message(self, holder: dict) -> str:
+        who = _describe(holder) if holder.get("pid") else "another run"
+        return (f"{self.key} {self.file} is in use by {who} ({self.path}); give this run its own "
+                f"{self.key} or stop the other run")

@@ -33,7 +33,7 @@ def _quiet_libraries() -> None:
 def preflight(cfg) -> None:
     """Checks that need no process group: every rank reaches the same verdict."""
     # Deferred so that a config error is reported before torch and megatron-core load.
-    from pap.data import check_dataset
+    from pap.data import check_corpus_size, check_dataset
     from pap.model import describe_implementation
     from pap.trainer import ensure_world_fits
 
@@ -42,6 +42,25 @@ def preflight(cfg) -> None:
     prefixes, _ = parse_blend(cfg.data.blend)
     for prefix in prefixes:
         check_dataset(prefix, cfg.model.vocab_size)
+        check_corpus_size(cfg, prefix, cfg.train.eval_iters > 0)
+
+
+def interrupted(trainer, cfg) -> str:
+    """The one line for Ctrl-C: where the run stopped and whether its work is in a checkpoint."""
+    if trainer is None or getattr(trainer, "progress", None) is None:
+        return "interrupted (Ctrl-C) before training started; no checkpoint was written"
+    from pap.checkpoint import iteration_dir  # torch: loaded only once training started
+
+    where = f"interrupted (Ctrl-C) at iteration {trainer.iteration}"
+    if not cfg.checkpoint.dir:
+        return f"{where}; no checkpoint.dir: nothing was saved"
+    if trainer.last_saved is None:
+        return f"{where}; no checkpoint was written: the next start begins afresh"
+    saved = iteration_dir(cfg.checkpoint.dir, trainer.last_saved)
+    if trainer.last_saved == trainer.iteration:
+        return f"{where}; checkpoint {saved} holds it: the next start resumes there"
+    return (f"{where}; no checkpoint was written for it: the next start resumes from {saved} "
+            f"(iteration {trainer.last_saved})")
 
 
 def main(argv=None) -> int:
@@ -70,10 +89,19 @@ def main(argv=None) -> int:
         try:
             trainer = Trainer(cfg)
             trainer.run()
+        except KeyboardInterrupt:
+            if rank == 0:
+                print(f"pap: {interrupted(trainer, cfg)}", file=sys.stderr, flush=True)
+            return 130  # 128 + SIGINT, as a shell reports an interrupted command
         finally:
             if trainer is not None:
                 trainer.close()
             shutdown()
+    except KeyboardInterrupt:  # before the trainer existed
+        if rank == 0:
+            print("pap: interrupted (Ctrl-C) before training started; nothing was written", file=sys.stderr,
+                  flush=True)
+        return 130
     except (PapError, OSError) as exc:  # input problems, and reads or writes the system refused (full disk, ...)
         if rank == 0 or "RANK" not in os.environ:
             message = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)

@@ -14,12 +14,13 @@ import gc
 import os
 import time
 import weakref
+from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 
-from pap import checkpoint
+from pap import checkpoint, resume_settings
 from pap.arch import Arch
 from pap.callbacks import Callback, StepResult
 from pap.components import callbacks_for
@@ -31,7 +32,7 @@ from pap.exit_request import ExitRequest
 from pap.forward_step import lm_forward_step
 from pap.model import build_model, describe_implementation, fusions_off_without_gpu
 from pap.progress import Progress, truncate_jsonl
-from pap.run_lock import RunLock
+from pap.run_lock import FileLock, RunLock
 
 
 class Trainer:
@@ -73,14 +74,21 @@ class Trainer:
         # Before anything is written: `transformer_impl: te` without Transformer Engine stops here.
         implementation = describe_implementation(cfg.model.transformer_impl)
         self.resume = _verified_resume_point(cfg, self.topo.rank == 0)
+        self.resume_changes: List[str] = []
+        """The `changed on resume: ...` lines of this run's settings (`pap.resume_settings`)."""
         if self.resume is not None:
             check_resume_matches_config(self.resume, cfg)
+            if not self.resume.model_only:
+                self.resume_changes = check_resume_settings(self.resume, cfg)
         self.init_from = None
         if self.resume is None and cfg.checkpoint.init_from:
             self.init_from = checkpoint.read(cfg.checkpoint.init_from)
             problem = checkpoint.verify(self.init_from.path) if self.topo.rank == 0 else None
             if _agree(1 if problem else 0):
                 raise PapError(f"checkpoint.init_from: {problem or 'the source checkpoint is damaged (see rank 0)'}")
+            note = checkpoint.unverified(self.init_from.path) if self.topo.rank == 0 else None
+            if note:
+                print(f"pap: checkpoint.init_from: {note}", flush=True)
             check_same_model_settings(self.init_from, cfg)
         source = self.resume or self.init_from
         self.arch: Arch = source.arch if source else Arch.from_model_config(cfg.model)
@@ -116,6 +124,7 @@ class Trainer:
         self.consumed_samples = 0
         if self.resume and not self.resume.model_only:
             checkpoint.load(self.resume, self.model.module, self.optimizer, self.scheduler, self.layout)
+            resume_settings.apply_schedule(self.scheduler, self.resume.config, cfg.to_dict(), t.iters)
             self.iteration = self.resume.iteration
             self.consumed_samples = self.resume.consumed_samples
         elif source:
@@ -339,18 +348,33 @@ class Trainer:
         cfg = self.cfg
         tb_dir = cfg.log.tensorboard_dir or (f"{cfg.checkpoint.dir}/tensorboard" if cfg.checkpoint.dir else None)
         metrics = cfg.log.metrics_file or (f"{cfg.checkpoint.dir}/metrics.jsonl" if cfg.checkpoint.dir else None)
+        metrics_lock = _lock_metrics_file(metrics, cfg.checkpoint.dir, self.topo.rank == 0)
         if self.topo.rank == 0:
             for path in (tb_dir, metrics and os.path.dirname(metrics)):
                 if path:
                     os.makedirs(path, exist_ok=True)
             truncate_jsonl(metrics, self.iteration)
-        progress = self.progress = Progress(self.topo.rank == 0, cfg.train.iters, tb_dir, metrics)
+        try:
+            progress = self.progress = Progress(self.topo.rank == 0, cfg.train.iters, tb_dir, metrics)
+            return self._loop(progress)
+        finally:
+            if metrics_lock is not None:
+                metrics_lock.release()
+
+    def _loop(self, progress: Progress) -> Optional[float]:
+        """`run` once the logs are open."""
+        cfg = self.cfg
         progress.print(
             f"pap: {self.arch.num_params():,} parameters | tp={self.topo.tp} pp={self.topo.pp} dp={self.topo.dp} | "
             f"global batch {cfg.train.global_batch_size} x {cfg.data.seq_length} tokens | "
             + (f"resumed from {self.resume.path} at iteration {self.iteration}" if self.iteration
                else f"weights from {(self.resume or self.init_from).path}" if (self.resume or self.init_from)
                else "fresh start"))
+        for line in self.resume_changes:
+            progress.print(f"pap: {line}")
+        if self.resume is not None and self.iteration >= cfg.train.iters:
+            progress.print(f"pap: {self.resume.path} is at iteration {self.iteration}, train.iters is "
+                           f"{cfg.train.iters}: nothing to train; raise train.iters to train on")
         for callback in self.callbacks:
             callback.on_train_start(self)
         window_loss, window_steps, window_seconds = 0.0, 0, 0.0
@@ -425,30 +449,88 @@ def _verified_resume_point(cfg: PapConfig, is_rank0: bool) -> Optional["checkpoi
     """The newest complete checkpoint of `checkpoint.dir` whose files pass their checksums.
 
     Rank 0 reads the files once and every rank follows its verdict. A damaged newest
-    checkpoint stops the run with its name and the damaged file, unless
-    `checkpoint.fallback` allows resuming from the newest older one that passes.
+    checkpoint (a file that fails its checksum, or a state file that cannot be read) stops
+    the run with its name and the damaged file, unless `checkpoint.fallback` allows resuming
+    from the newest older one that passes; a damaged checkpoint older than the one chosen
+    is never read. What the checksums do not cover is said once. A tracker pointed back at
+    an older checkpoint, with newer ones that the resume would replace, is refused unless
+    `checkpoint.rollback`.
     """
-    candidates = checkpoint.complete_checkpoints(cfg.checkpoint.dir)
+    candidates = checkpoint.checkpoint_dirs(cfg.checkpoint.dir)
     chosen, message = -1, ""
     if is_rank0:
-        for index, candidate in enumerate(candidates):
-            problem = checkpoint.verify(candidate.path)
+        message = _rollback_problem(cfg)
+        for index, candidate in enumerate(candidates if not message else []):
+            problem = checkpoint.verify(candidate) or _state_problem(candidate)
             if problem is None:
                 chosen = index
+                note = checkpoint.unverified(candidate)
+                if note:
+                    print(f"pap: {note}", flush=True)
                 break
             if not cfg.checkpoint.fallback:
-                older = next((c.path for c in candidates[index + 1:]), None)
+                older = next(iter(candidates[index + 1:]), None)
                 message = problem + ("; set checkpoint.fallback=true to resume from the previous complete "
                                      f"checkpoint ({older})" if older else "; no older checkpoint to fall back to")
                 break
             print(f"pap: {problem}; falling back to an older checkpoint", flush=True)
         else:
-            if candidates:
+            if candidates and not message:
                 message = f"every checkpoint in {cfg.checkpoint.dir} is damaged; see the lines above"
     chosen = _agree(-2 if message else chosen)
     if chosen == -2:
         raise PapError(message or f"the checkpoints in {cfg.checkpoint.dir} are damaged (see rank 0)")
-    return candidates[chosen] if chosen >= 0 else None
+    return checkpoint.read_state(candidates[chosen]) if chosen >= 0 else None
+
+
+def _state_problem(path) -> Optional[str]:
+    """What is wrong with checkpoint `path`'s state file (None: it reads)."""
+    try:
+        checkpoint.read_state(path)
+    except PapError as exc:
+        return f"checkpoint {path} is damaged: {exc}"
+    return None
+
+
+def _rollback_problem(cfg: PapConfig) -> str:
+    """Why resuming from the tracker's checkpoint is refused ("" when it is not), and, on the
+    way, the line naming the newer checkpoints a resume from it replaces."""
+    root = cfg.checkpoint.dir
+    if not root or checkpoint.tracker_iteration(root) is None:
+        return ""
+    tracked = checkpoint.iteration_dir(root, checkpoint.tracker_iteration(root))
+    complete = checkpoint.checkpoint_dirs(root)
+    newer = [p for p in complete if p.name > tracked.name]
+    if not newer or tracked not in complete:  # (a tracker naming no checkpoint: the newest is used)
+        return ""
+    names = ", ".join(p.name for p in newer)
+    by_hand = checkpoint.overwritten_by_rollback(root)
+    if by_hand and not cfg.checkpoint.rollback:
+        return (f"{Path(root) / checkpoint.TRACKER} names {tracked.name} but newer complete checkpoints exist "
+                f"({names}); a resume from {tracked.name} would replace them: set checkpoint.rollback=true to "
+                f"roll back, or restore the tracker to {newer[-1].name.split('_')[1].lstrip('0') or '0'}")
+    why = "checkpoint.rollback=true" if by_hand else "a save ended before updating the tracker"
+    print(f"pap: resuming from {tracked.name}, which {checkpoint.TRACKER} names ({why}); the newer "
+          f"{names} will be replaced as the run saves", flush=True)
+    return ""
+
+
+def _lock_metrics_file(metrics: Optional[str], directory: Optional[str], is_rank0: bool):
+    """Rank 0 locks a `log.metrics_file` that lies outside the run directory (whose own lock
+    covers the files in it) for the run's life: a second run naming the same file stops
+    instead of trimming or emptying the first one's lines. Every rank raises alike."""
+    lock, message = None, ""
+    inside = metrics and directory and os.path.abspath(metrics).startswith(os.path.abspath(directory) + os.sep)
+    if is_rank0 and metrics and not inside:
+        try:
+            lock = FileLock(metrics, "log.metrics_file").acquire()
+        except PapError as exc:
+            message = str(exc)
+        except OSError as exc:
+            message = f"log.metrics_file {metrics}: {describe_os_error(exc)}"
+    if _agree(1 if message else 0):
+        raise PapError(message or "log.metrics_file is in use by another run (see rank 0)")
+    return lock
 
 
 def _lock_run_directory(directory: str, is_rank0: bool):
@@ -487,6 +569,17 @@ def check_resume_matches_config(resume: "checkpoint.ResumeState", cfg: PapConfig
                            f"({resume.path.name}) but the config says {getattr(cfg.model, key)!r}; a resumed run "
                            f"keeps its checkpoint's model: set model.{key}={saved[key]} or choose another "
                            f"checkpoint.dir")
+
+
+def check_resume_settings(resume: "checkpoint.ResumeState", cfg: PapConfig) -> List[str]:
+    """The settings changed since `resume` was written: the `changed on resume` lines for those
+    a resume applies; PapError for one it refuses (`pap.resume_settings`), and for a
+    `train.iters` below the checkpoint's iteration."""
+    if cfg.train.iters < resume.iteration:
+        raise PapError(f"train.iters ({cfg.train.iters}) is below the iteration of {resume.path} "
+                       f"({resume.iteration}): the run is past it and there is nothing to train; set "
+                       f"train.iters > {resume.iteration} to train on, or choose another checkpoint.dir")
+    return resume_settings.review(resume.config, cfg.to_dict(), cfg.checkpoint.allow_changes, str(resume.path))
 
 
 def check_same_model_settings(source: "checkpoint.ResumeState", cfg: PapConfig) -> None:

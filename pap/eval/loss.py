@@ -24,7 +24,7 @@ import torch
 from data_prep.index import validate_pair
 from pap import checkpoint
 from pap.config import ConfigError, DataConfig, ModelConfig, PapConfig, ParallelConfig, parse_blend
-from pap.data import TokenizerInfo, dataset_vocabulary, require_dataset
+from pap.data import TokenizerInfo, check_samples_fit, dataset_vocabulary, require_dataset
 from pap.errors import PapError
 
 DEFAULT_SPLIT = "0,1,0"  # every document of the data is evaluation data
@@ -99,7 +99,7 @@ def evaluate(ckpt: str, data: Sequence[str], tokens: int = 65536, tp: int = 1, p
     if world % (tp * pp):
         raise PapError(f"--tp {tp} --pp {pp}: {world} processes are not a multiple of tp * pp = {tp * pp}; "
                        f"launch with torchrun --nproc-per-node {tp * pp}")
-    source = checkpoint.read(ckpt)
+    source = checkpoint.read_verified(ckpt, "--no-verify", report)
     arch = source.arch
     if arch.num_layers % pp:
         raise PapError(f"--pp {pp}: does not divide the {arch.num_layers} layers of {ckpt}")
@@ -109,6 +109,9 @@ def evaluate(ckpt: str, data: Sequence[str], tokens: int = 65536, tp: int = 1, p
         raise PapError(str(exc).replace("data.blend", "the blend")) from None
     check_data(prefixes, arch.vocab_size, ckpt)
     seq_length = seq_length or int(source.config.get("data", {}).get("seq_length", 0)) or 2048
+    for prefix in prefixes:
+        check_samples_fit(prefix, seq_length, split, (1,), "--data",
+                          "use a larger corpus, a smaller --seq-length or another --split")
     count = max(1, -(-tokens // seq_length))
     samples = build_samples(prefixes, weights, count, seq_length, arch.vocab_size, split, seed)
 

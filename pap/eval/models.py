@@ -27,7 +27,7 @@ def kind_of(path: str) -> str:
         raise PapError(f"--model {path}: no such file or directory")
     if (root / "config.json").is_file():
         return EXPORT
-    if (root / checkpoint.STATE_FILE).is_file() or checkpoint.complete_checkpoints(str(root)):
+    if (root / checkpoint.STATE_FILE).is_file() or checkpoint.checkpoint_dirs(str(root)):
         return CHECKPOINT
     raise PapError(f"--model {path}: neither a Hugging Face export (no config.json) nor a pap checkpoint "
                    f"(no {checkpoint.STATE_FILE} in it or in an iter_* directory below it); give a directory "
@@ -61,6 +61,7 @@ def as_export(path: str, tokenizer: Optional[str], report=print) -> Iterator[Pat
     if tokenizer is None:
         raise PapError(f"--model {path} is a pap checkpoint: give --tokenizer DIR (the tokenizer its data were "
                        f"made with) so that it can be exported for the harness")
+    checkpoint.read_verified(path, "--no-verify", report)  # its files, as a resume checks them
     # megatron-core and transformers (heavy) load only to export a checkpoint.
     from pap.distributed import shutdown
     from pap.hf.convert import mcore_to_hf

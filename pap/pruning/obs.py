@@ -90,3 +90,15 @@ def relative_error(left: torch.Tensor, error_gram: torch.Tensor, output_square: 
         return 0.0
     squared = torch.einsum("ip,pq,iq->", left, error_gram, left).item()
     return max(squared, 0.0) ** 0.5 / output_square ** 0.5
+
+
+def held_out_grams(samples: torch.Tensor, inverse_columns: torch.Tensor,
+                   removed: Sequence[int]) -> tuple:
+    """(Vᵀ H_h V, H_h[P, P]) for held-out input rows `samples` ([rows, n], not in H), without
+    forming H_h = X_hᵀ X_h: with U from the fitted H, ‖ΔW X_h‖² = tr(U · first · Uᵀ) and the
+    error of just dropping the columns tr(W_P · second · W_Pᵀ), both on tokens the update
+    was not fitted to (`relative_error` takes them like the in-sample Grams)."""
+    x = samples.to(inverse_columns.device, torch.float64)
+    projected = x @ inverse_columns  # [rows, |P|]
+    dropped = x[:, torch.as_tensor(list(removed), dtype=torch.long, device=x.device)]
+    return projected.T @ projected, dropped.T @ dropped

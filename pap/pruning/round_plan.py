@@ -20,7 +20,7 @@ import torch
 
 from pap.arch import Arch
 from pap.config import PruneConfig
-from pap.pruning.adaptive import increment_steps, layer_sparsity
+from pap.pruning.adaptive import increment_steps, wanted
 from pap.pruning.select import (UNTOUCHED, Floors, GroupScores, Removal, aligning_kind, choose, choose_greedy,
                                 remove_from_arch)
 
@@ -84,13 +84,19 @@ class RoundSettings:
     prune_steps: int
     normalize: Optional[str]
     final_multiple_of: int = 1
-    increment: float = 0.05
-    adapt_amplitude: float = 0.5
+    increment: float = 0.02
+    adapt_amplitude: float = 0.02
+    adapt_rule: str = "published"
+    adapt_unit: str = "group"
+    source: Optional[Arch] = None
+    """The `Arch` pruning started from (the published adaptive rule's reference widths);
+    None: each increment's own starting `Arch`."""
 
     @classmethod
-    def from_config(cls, cfg: PruneConfig) -> "RoundSettings":
+    def from_config(cls, cfg: PruneConfig, source: Optional[Arch] = None) -> "RoundSettings":
         return cls(Floors(heads=cfg.min_heads, ffn=cfg.min_ffn, hidden=cfg.min_hidden, kv_heads=cfg.min_kv_heads),
-                   cfg.prune_steps, cfg.normalize, cfg.final_multiple_of, cfg.increment, cfg.adapt_amplitude)
+                   cfg.prune_steps, cfg.normalize, cfg.final_multiple_of, cfg.increment, cfg.adapt_amplitude,
+                   cfg.adapt_rule, cfg.adapt_unit, source)
 
 
 class SelectionMode:
@@ -150,8 +156,10 @@ class GreedySelection(SelectionMode):
 
 class AdaptiveSelection(GreedySelection):
     """Adapt-Pruner's increments (`pap.pruning.adaptive`): per-layer sparsity from the layers'
-    input/output cosines, then the lowest-scored heads and channels inside each layer.
-    Alignment removals (`prune.final_multiple_of`) are chosen as in greedy mode."""
+    input/output cosines (`settings.adapt_rule`: the published cumulative update relative to
+    `settings.source`, or pap's scaled share of the current parameters), then the
+    lowest-scored KV groups or heads (`settings.adapt_unit`) and FFN channels inside each
+    layer. Alignment removals (`prune.final_multiple_of`) are chosen as in greedy mode."""
 
     name = "adaptive"
     needs_layer_cosine = True
@@ -159,16 +167,12 @@ class AdaptiveSelection(GreedySelection):
     def select(self, scores, arch, settings, target, layer_cosine=None):
         if layer_cosine is None:
             raise ValueError("prune.layers adaptive plans from the window's layer cosines")
-        budget = min(settings.increment * arch.num_params(), arch.num_params() - target)
-        plan_note = {"layer_cosine": list(layer_cosine),
-                     "layer_sparsity": layer_sparsity(arch, layer_cosine, settings.adapt_amplitude, budget)}
-        steps = []
-        for removal, after in increment_steps(scores, arch, layer_cosine, settings.increment,
-                                              settings.adapt_amplitude, target, settings.floors):
-            if arch.num_params() <= target:
-                break
-            arch = after
-            steps.append((removal, after))
+        args = (layer_cosine, settings.increment, settings.adapt_amplitude, target)
+        options = dict(rule=settings.adapt_rule, unit=settings.adapt_unit, source=settings.source)
+        plan = wanted(arch, *args, **options)
+        plan_note = {"layer_cosine": list(layer_cosine), "layer_sparsity": plan.sparsity}
+        steps = increment_steps(scores, arch, *args, floors=settings.floors, **options)
+        for removal, _ in steps:
             scores = scores_after(scores, removal)
         notes = [{} for _ in steps]
         if notes:

@@ -30,8 +30,15 @@ their full-tensor positions (`pap.sharding.layout` decides which rank holds whic
 adds X_dᵀ X_d for each data-parallel source d. The hooks skip evaluation forwards and the
 recomputation inside backward (activation checkpointing), which would count tokens twice.
 
-The window also keeps ‖Y‖² of each block's output on the same tokens (this rank's share,
-added over ranks at the round) for the reconstruction error the round reports.
+**Held-out tokens.** A fraction of the sampled positions (`prune.hessian_holdout`) stays out
+of H (`HessianWindow.held_mask`: chosen by position index and step only, so the same at any
+layout). Senders put each step's held-out rows after the fitted ones; the owner adds the
+fitted rows into H and keeps the held-out rows as they are, so that the round can measure
+the update's error on tokens it was not fitted to.
+
+The window also keeps ‖Y‖² of each block's output on the fitted and on the held-out tokens
+(this rank's share, added over ranks at the round) for the reconstruction errors the round
+reports.
 """
 
 from __future__ import annotations
@@ -117,15 +124,34 @@ def deal_owners(blocks: List[Key], size: int) -> Dict[Key, int]:
     return {key: i % size for i, key in enumerate(blocks)}
 
 
-def _gemm_input(module, x: torch.Tensor) -> torch.Tensor:
-    """The input of the module's GEMM: Transformer Engine fuses the RMSNorm in front of
-    `linear_qkv` / `linear_fc1`, so there the hook sees the un-normalised hidden state."""
+def gemm_input(module, x: torch.Tensor) -> torch.Tensor:
+    """The input of `module`'s GEMM for the module input `x`, the same tensor on both layer specs.
+
+    With the local spec `linear_qkv` / `linear_fc1` take the output of a separate norm module,
+    so that is `x` itself. Transformer Engine's `LayerNormLinear` fuses the norm in front of
+    its GEMM and takes the un-normalised hidden state: the norm is applied here from the
+    module's own fields (`normalization`, `eps`, `zero_centered_gamma`, `layer_norm_weight`,
+    `layer_norm_bias`), in fp32 and cast back to the activation dtype as the fused kernel
+    does, so H is built from what the GEMM multiplies on either spec.
+    """
     weight = getattr(module, "layer_norm_weight", None)
     if weight is None:
         return x
-    eps = getattr(module, "eps", 1e-5)
-    x = x.float()
-    return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps) * weight.float()
+    eps = float(getattr(module, "eps", 1e-5))
+    gamma = weight.float() + 1.0 if getattr(module, "zero_centered_gamma", False) else weight.float()
+    normalization = getattr(module, "normalization", "RMSNorm")
+    h = x.float()
+    if normalization == "RMSNorm":
+        out = h * torch.rsqrt(h.square().mean(-1, keepdim=True) + eps) * gamma
+    elif normalization == "LayerNorm":
+        centred = h - h.mean(-1, keepdim=True)
+        out = centred * torch.rsqrt(centred.square().mean(-1, keepdim=True) + eps) * gamma
+    else:
+        raise NotImplementedError(f"pap: Hessian hooks do not know the fused norm {normalization!r}")
+    bias = getattr(module, "layer_norm_bias", None)
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(x.dtype)
 
 
 @dataclass
@@ -160,8 +186,16 @@ class StageGroup:
 class HessianWindow:
     """Sampled layer inputs of the window, accumulated into H on the blocks' owners."""
 
-    def __init__(self, tokens_per_step: int, global_batch: int, seq_length: int, tp: int, dp: int):
+    def __init__(self, tokens_per_step: int, global_batch: int, seq_length: int, tp: int, dp: int,
+                 holdout: float = 0.0):
+        if not 0 <= holdout <= 0.5:
+            raise ValueError(f"pap: the Hessian hold-out fraction must be in [0, 0.5], got {holdout}")
         self.per_sequence = min(seq_length, max(1, math.ceil(tokens_per_step / global_batch)))
+        self.holdout_every = round(1 / holdout) if holdout > 0 else 0
+        """Every this many sampled positions one is held out of H (0: none), to measure the
+        update's error on tokens it was not fitted to."""
+        self.held_positions = 0
+        """Held-out positions per sequence sampled over the window (the same on every rank)."""
         self.sequences_per_rank = global_batch // dp
         self.tp = tp
         self.steps = 0
@@ -170,7 +204,13 @@ class HessianWindow:
         share a KV group are nearly collinear, and their H reaches condition numbers of 1e7,
         past what fp32 sums can resolve)."""
         self.output_square: Dict[Key, torch.Tensor] = {}
-        """This rank's share of ‖Y‖² per block (float64 scalars)."""
+        """This rank's share of ‖Y‖² per block on the fitted tokens (float64 scalars)."""
+        self.held_out: Dict[Key, torch.Tensor] = {}
+        """The held-out input rows of the blocks this rank owns ([rows, n] fp32; the round needs
+        only X_h·V from them). At the SmolLM-1.7B recipe's window 4,608 rows: 30% of an
+        8192-wide float64 H, about one more H for the 2048-wide ones."""
+        self.held_square: Dict[Key, torch.Tensor] = {}
+        """This rank's share of ‖Y‖² per block on the held-out tokens."""
         self.blocks: List[Key] = []
         self.owners: Dict[Key, int] = {}
         """Block -> index in `stage.ranks` of its owner."""
@@ -210,6 +250,18 @@ class HessianWindow:
         count = self.per_sequence
         return (torch.arange(count) * length // count + self.steps) % length
 
+    def held_mask(self) -> torch.Tensor:
+        """Which of the step's `per_sequence` sampled positions are held out of H.
+
+        Position j of every sequence is held out when (j + step) ≡ −1 mod `holdout_every`: it
+        depends on neither the sequence nor the rank, so the split is the same at any layout,
+        and the shift by the step rotates it, so with one position per sequence whole steps
+        are held out in turn."""
+        j = torch.arange(self.per_sequence)
+        if not self.holdout_every:
+            return torch.zeros(self.per_sequence, dtype=torch.bool)
+        return (j + self.steps) % self.holdout_every == self.holdout_every - 1
+
     def _hook(self, key: Key):
         kind = key[0]
         from megatron.core import parallel_state as ps
@@ -219,14 +271,17 @@ class HessianWindow:
                 return
             x = args[0].detach()
             where = self._positions(x.shape[0]).to(x.device)
-            sample = _gemm_input(module, x.index_select(0, where)).float()
+            sample = gemm_input(module, x.index_select(0, where)).float()
             self._pending.setdefault(key, []).append(sample.reshape(-1, sample.shape[-1]))
             y = (output[0] if isinstance(output, tuple) else output).detach().index_select(0, where).float()
             # proj/fc2 outputs are complete (reduced over TP) on every TP rank: count them once.
             if kind not in SPLIT_INPUT or ps.get_tensor_model_parallel_rank() == 0:
                 # Kept on the device: a host copy here would synchronise every micro-batch.
-                square = y.double().square().sum()
-                self.output_square[key] = self.output_square[key] + square if key in self.output_square else square
+                per_position = y.double().square().reshape(y.shape[0], -1).sum(1)
+                held = self.held_mask().to(y.device)
+                for store, part in ((self.output_square, per_position[~held].sum()),
+                                    (self.held_square, per_position[held].sum())):
+                    store[key] = store[key] + part if key in store else part
 
         return record
 
@@ -238,10 +293,12 @@ class HessianWindow:
         stage, arch, device = self.stage, self.arch, collective_device()
         rows = self.per_sequence_rows()
         outgoing: List[List[torch.Tensor]] = [[] for _ in range(stage.size)]
+        held = self.held_mask()
+        fit_rows = int((~held).sum()) * self.sequences_per_rank
         for key in self.blocks:
             pieces = self._pending.pop(key, [])
             if self._sends(key, stage.tp_ranks[stage.me]):
-                sample = torch.cat(pieces) if pieces else torch.empty(0)
+                sample = self._fitted_first(pieces, held)
                 expected = rows * len(self.columns[key, stage.tp_ranks[stage.me]])
                 if sample.numel() != expected:
                     raise RuntimeError(f"pap: Hessian block {key} sampled {sample.numel()} values this step, "
@@ -283,9 +340,26 @@ class HessianWindow:
             if h is None:
                 h = self.hessians[key] = torch.zeros(width, width, dtype=torch.float64, device=device)
             for dp_rank in sorted(inputs[key]):
-                x = inputs[key][dp_rank].double()
-                h.addmm_(x.T, x)
+                x = inputs[key][dp_rank]
+                fitted = x[:fit_rows].double()
+                h.addmm_(fitted.T, fitted)
+                if fit_rows < rows:
+                    previous = self.held_out.get(key)
+                    rest = x[fit_rows:]
+                    self.held_out[key] = rest if previous is None else torch.cat([previous, rest])
+        self.held_positions += int(held.sum())
         self.steps += 1
+
+    def _fitted_first(self, pieces: List[torch.Tensor], held: torch.Tensor) -> torch.Tensor:
+        """This step's sampled rows of one block, the fitted positions' rows of every
+        micro-batch first, then the held-out ones: the owner splits them by count alone."""
+        if not pieces:
+            return torch.empty(0)
+        count = len(held)
+        shaped = [p.view(count, -1, p.shape[-1]) for p in pieces]  # [positions, sequences, cols]
+        fitted = [p[~held.to(p.device)].reshape(-1, p.shape[-1]) for p in shaped]
+        rest = [p[held.to(p.device)].reshape(-1, p.shape[-1]) for p in shaped]
+        return torch.cat(fitted + rest)
 
     def per_sequence_rows(self) -> int:
         """Rows each rank samples per block per step: positions × its sequences of the step."""
@@ -296,28 +370,38 @@ class HessianWindow:
 
     def reset(self) -> None:
         """Start a new window (after a round: the shapes changed)."""
-        self.steps = 0
+        self.steps = self.held_positions = 0
         self.hessians, self.output_square, self._pending = {}, {}, {}
+        self.held_out, self.held_square = {}, {}
 
     # ---- at the round ----------------------------------------------------------------------
-    def output_squares(self) -> Dict[Key, float]:
-        """‖Y‖² of every block of the stage, summed over its ranks (collective over the stage)."""
+    def output_squares(self) -> Dict[Key, Tuple[float, float]]:
+        """(‖Y‖² on the fitted tokens, on the held-out ones) of every block of the stage,
+        summed over its ranks (collective over the stage)."""
 
         device = collective_device()
-        values = torch.stack([self.output_square[key].to(device, torch.float64) if key in self.output_square
-                              else torch.zeros((), dtype=torch.float64, device=device) for key in self.blocks])
+
+        def value(store, key):
+            return store[key].to(device, torch.float64) if key in store else torch.zeros((), dtype=torch.float64,
+                                                                                        device=device)
+
+        values = torch.stack([torch.stack([value(self.output_square, key), value(self.held_square, key)])
+                              for key in self.blocks])
         if self.stage.size > 1:
             dist.all_reduce(values, group=self.stage.group)
-        return dict(zip(self.blocks, values.tolist()))
+        return {key: (fit, held) for key, (fit, held) in zip(self.blocks, values.tolist())}
 
     def owned_bytes(self) -> int:
-        return sum(h.numel() * h.element_size() for h in self.hessians.values())
+        return sum(t.numel() * t.element_size() for t in (*self.hessians.values(), *self.held_out.values()))
 
     # ---- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict:
         """This rank's share: its owned H, its ‖Y‖² shares and the window's step count."""
         return {"steps": self.steps, "hessians": {k: v.cpu() for k, v in self.hessians.items()},
-                "output_square": {k: v.cpu() for k, v in self.output_square.items()}}
+                "output_square": {k: v.cpu() for k, v in self.output_square.items()},
+                "held_positions": self.held_positions,
+                "held_out": {k: v.cpu() for k, v in self.held_out.items()},
+                "held_square": {k: v.cpu() for k, v in self.held_square.items()}}
 
     def load_state_dict(self, state: dict) -> None:
 
@@ -325,3 +409,7 @@ class HessianWindow:
         self.steps = state["steps"]
         self.hessians = {tuple(k): v.to(device) for k, v in state["hessians"].items()}
         self.output_square = {tuple(k): v.to(device) for k, v in state["output_square"].items()}
+        # Checkpoints from before the hold-out have none: the round then reports in-sample errors.
+        self.held_positions = state.get("held_positions", 0)
+        self.held_out = {tuple(k): v.to(device) for k, v in state.get("held_out", {}).items()}
+        self.held_square = {tuple(k): v.to(device) for k, v in state.get("held_square", {}).items()}

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from pap.arch import Arch
-from pap.pruning.obs import left_factor, relative_error, solve_columns
+from pap.pruning.obs import held_out_grams, left_factor, relative_error, solve_columns
 from pap.pruning.round_plan import RoundPlan
 from pap.pruning.select import Removal
 from pap.sharding.full_state import collective_device, full_shape, shard_indices
@@ -46,10 +46,17 @@ class ObsStats:
 
     errors: Dict[str, float] = field(default_factory=dict)
     """Per removal kind of the round: mean over the updated layers of ‖ΔY‖/‖Y‖ on the
-    window's sampled tokens (attn: `linear_proj`; ffn: `linear_fc2`; stem: `linear_qkv`,
-    `linear_fc1` and an untied `output_layer`)."""
+    window's *held-out* sampled tokens, those left out of H (attn: `linear_proj`; ffn:
+    `linear_fc2`; stem: `linear_qkv`, `linear_fc1` and an untied `output_layer`). With no
+    held-out tokens (`prune.hessian_holdout: 0`, or a window too short) the in-sample
+    error: `held_out` says which."""
     plain_errors: Dict[str, float] = field(default_factory=dict)
     """The same without the update (the columns just dropped: variant A)."""
+    fit_errors: Dict[str, float] = field(default_factory=dict)
+    """‖ΔY‖/‖Y‖ on the tokens H was built from (in-sample: optimistic)."""
+    fit_plain_errors: Dict[str, float] = field(default_factory=dict)
+    """The same without the update."""
+    held_out: bool = False
     seconds: float = 0.0
 
 
@@ -121,28 +128,32 @@ class ObsRound:
             arch = after
         jobs = [(key, torch.tensor(sorted(columns))) for key, columns in removed.items()]
         kinds = ("attn", "ffn", "stem")
-        totals = torch.zeros(len(kinds), 3, dtype=torch.float64)
+        totals = torch.zeros(len(kinds), 5, dtype=torch.float64)
         if jobs:
-            for (key, _), (error, plain) in zip(jobs, self._update(jobs)):
-                totals[kinds.index(kind_of[key])] += torch.tensor([error, plain, 1.0], dtype=torch.float64)
+            for (key, _), errors in zip(jobs, self._update(jobs)):
+                totals[kinds.index(kind_of[key])] += torch.tensor([*errors, 1.0], dtype=torch.float64)
         totals = totals if self.reporter else torch.zeros_like(totals)
         if dist.is_initialized() and dist.get_world_size() > 1:
             totals = totals.to(collective_device())
             dist.all_reduce(totals)  # add the stages' layers
             totals = totals.cpu()
-        present = [i for i in range(len(kinds)) if totals[i, 2] > 0]
-        return ObsStats({kinds[i]: float(totals[i, 0] / totals[i, 2]) for i in present},
-                        {kinds[i]: float(totals[i, 1] / totals[i, 2]) for i in present}, time.time() - start)
+        present = [i for i in range(len(kinds)) if totals[i, 4] > 0]
 
-    def _update(self, jobs: List[Tuple[Key, torch.Tensor]]) -> List[Tuple[float, float]]:
+        def mean(column):
+            return {kinds[i]: float(totals[i, column] / totals[i, 4]) for i in present}
+
+        held = self.window.held_positions > 0  # the same on every rank: the split is global
+        return ObsStats(mean(2 if held else 0), mean(3 if held else 1), mean(0), mean(1), held, time.time() - start)
+
+    def _update(self, jobs: List[Tuple[Key, torch.Tensor]]) -> List[Tuple[float, float, float, float]]:
         """The updates of this stage's layers (collective over the stage); returns per job
-        (‖ΔY‖/‖Y‖ with the update, without it)."""
+        ‖ΔY‖/‖Y‖ with the update and without it, on the fitted and on the held-out tokens."""
         stage, window = self.stage, self.window
-        # 1. V = H⁻¹[:, P] and the two error Grams, from each block's owner.
+        # 1. V = H⁻¹[:, P] and the four error Grams, from each block's owner.
         sizes = []
         for key, removed in jobs:
             n, q = block_width(self.arch, key), len(removed)
-            sizes.append(n * q + 2 * q * q)
+            sizes.append(n * q + 4 * q * q)
         packed = torch.zeros(sum(sizes), dtype=torch.float64)
         offset = 0
         for (key, removed), size in zip(jobs, sizes):
@@ -167,25 +178,30 @@ class ObsRound:
             n, q = block_width(self.arch, key), len(removed)
             block = packed[v_offset:v_offset + size]
             columns = block[:n * q].view(n, q)
-            error_gram = block[n * q:n * q + q * q].view(q, q)
-            removed_gram = block[n * q + q * q:].view(q, q)
+            error_gram, removed_gram, held_error_gram, held_removed_gram = \
+                block[n * q:].view(4, q, q).unbind(0)
             weights = removed_weights[w_offset:w_offset + out * q].view(out, q)
             v_offset, w_offset = v_offset + size, w_offset + out * q
             left = left_factor(weights, columns, removed)
             self._add(self.records[param_name(key)], left, columns)
-            square = self.squares.get(key, 0.0)
-            results.append((relative_error(left, error_gram, square), relative_error(weights, removed_gram, square)))
+            square, held_square = self.squares.get(key, (0.0, 0.0))
+            results.append((relative_error(left, error_gram, square), relative_error(weights, removed_gram, square),
+                            relative_error(left, held_error_gram, held_square),
+                            relative_error(weights, held_removed_gram, held_square)))
         return results
 
     def _solve(self, key: Key, removed: torch.Tensor) -> torch.Tensor:
-        """[V | Vᵀ H V | H[P, P]] flattened, for the H this rank owns."""
+        """[V | Vᵀ H V | H[P, P] | the same two on the held-out rows] flattened, for the H this
+        rank owns."""
+        n = block_width(self.arch, key)
         hessian = self.window.hessians.get(key)
         if hessian is None:  # an empty window (a round follows at least one step)
-            n = block_width(self.arch, key)
             hessian = torch.zeros(n, n, dtype=torch.float64)
         solution = solve_columns(hessian, removed.tolist(), self.damp)  # on H's device
+        held = self.window.held_out.get(key, torch.zeros(0, n))
+        held_grams = held_out_grams(held, solution.inverse_columns, removed.tolist())
         return torch.cat([solution.inverse_columns.reshape(-1), solution.error_gram.reshape(-1),
-                          solution.removed_gram.reshape(-1)]).cpu()
+                          solution.removed_gram.reshape(-1), *(g.reshape(-1) for g in held_grams)]).cpu()
 
     def _removed_columns(self, record: ParamRecord, removed: torch.Tensor, out: int) -> torch.Tensor:
         """This rank's owned values of W[:, removed] in full rows, zero elsewhere ([out, |P|])."""

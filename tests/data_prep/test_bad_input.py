@@ -159,3 +159,14 @@ def test_all_records_bad_is_an_error(tmp_path, hf_json, run_tokenize):
     rc, _, err = run_tokenize("--input", corpus, "--output-prefix", tmp_path / "out", "--tokenizer", hf_json)
     assert rc == 2 and "no documents for 'text': 2 skipped (2 missing_key)" in _error_line(err)
     assert f"first at {corpus}:1" in err
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n"])
+def test_an_input_without_records_is_named(tmp_path, hf_json, run_tokenize, content):
+    """An empty input file (or one of blank lines only): the one `error:` line names the file."""
+    corpus = tmp_path / "empty.jsonl"
+    corpus.write_bytes(content)
+    rc, out, err = run_tokenize("--input", corpus, "--output-prefix", tmp_path / "out", "--tokenizer", hf_json)
+    line = _error_line(err)
+    assert rc == 2 and str(corpus) in line, line
+    assert ("is empty" in line) == (content == b"")

@@ -15,9 +15,11 @@ MODES = {
     # Floors let every kind go (odd FFN widths, heads with uneven KV groups, a hidden channel) in 18 removals.
     "greedy": {"layers": "greedy", "normalize": "params", "prune_steps": 3, "metric": "mix", "min_ffn": 125,
                "min_heads": 2, "min_kv_heads": 2, "min_hidden": 63},
-    # Three increments of 5% of the parameters, two steps of cosines and Taylor scores each.
+    # Three increments of the published rule (each layer's sparsity +0.05 -/+ A z_l of its
+    # source width), two steps of cosines and Taylor scores each; single query heads (the
+    # model's two KV groups are at the TP=2 floor), so KV groups become uneven.
     "adaptive": {"layers": "adaptive", "metric": "first", "increment": 0.05, "grad_steps": 2, "min_ffn": 2,
-                 "min_heads": 2, "min_kv_heads": 2},
+                 "min_heads": 2, "min_kv_heads": 2, "adapt_unit": "head"},
 }
 
 

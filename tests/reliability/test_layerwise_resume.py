@@ -22,9 +22,10 @@ MODES = {
     # a layer may go) makes heads and hidden channels go from step 6, so every kind comes up.
     "greedy": {"layers": "greedy", "normalize": "params", "metric": "mix", "prune_steps": 3, "min_ffn": 126,
                "min_heads": 2, "min_kv_heads": 2, "min_hidden": 62},
-    # One increment of 5% of the parameters per two-step window (rounds at 2, 4, 6, 8).
+    # One published increment (+0.05 of each layer's source width, -/+ A z_l) per two-step
+    # window (rounds at 2, 4, 6, 8); single query heads (two KV groups, at the TP=2 floor).
     "adaptive": {"layers": "adaptive", "metric": "first", "increment": 0.05, "min_ffn": 2, "min_heads": 2,
-                 "min_kv_heads": 2},
+                 "min_kv_heads": 2, "adapt_unit": "head"},
 }
 # Saved at (the reference and the killed run), and resumed at by the layout-free window.
 SAVED = {"greedy": {"tp": 2, "pp": 1}, "adaptive": {"tp": 1, "pp": 1, "distributed_optimizer": True}}

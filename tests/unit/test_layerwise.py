@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pap.arch import Arch
-from pap.pruning.adaptive import allocate, layer_weights, plan_increment
+from pap.pruning.adaptive import layer_weights, plan_increment
 from pap.pruning.remove import kept_indices
 from pap.pruning.select import UNTOUCHED, Floors, GroupScores, Removal, choose_greedy, remove_from_arch
 
@@ -65,16 +65,11 @@ def test_untouched_layers_keep_their_tensors():
 
 def test_adaptive_prunes_similar_layers_more():
     assert layer_weights([0.9, 0.5, 0.7], 0.5) == pytest.approx([1.5, 0.5, 1.0])
-    assert allocate([1.6, 0.4, 0.3], [5, 5, 5]) == [2, 0, 0]  # 2.3 -> 2: floors, then largest remainder
     a = Arch(vocab_size=256, padded_vocab_size=256, hidden_size=16, head_dim=4,
              heads_per_group=[[4, 4]] * 3, ffn=[64] * 3, tie_embeddings=False)
     removals = plan_increment(scores(a, 1), a, [0.95, 0.2, 0.6], 0.1, 0.5, 0)
     per_layer = [sum(r.indices[l] != UNTOUCHED for r in removals if r.kind == "ffn") for l in range(3)]
     assert per_layer[0] > per_layer[2] > per_layer[1]
-    after = a
-    for r in removals:
-        after = remove_from_arch(after, r)
-    assert 0.05 * a.num_params() < a.num_params() - after.num_params() < 0.15 * a.num_params()
 
 
 def test_kept_indices_follow_the_cuts_through_many_mixed_removals():

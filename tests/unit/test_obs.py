@@ -79,3 +79,48 @@ def test_reported_errors_are_the_reconstruction_errors():
     assert abs(relative_error(left, solution.error_gram, square) - want.item()) <= 1e-9
     plain = (weight[:, removed] @ inputs[removed]).norm() / (weight @ inputs).norm()
     assert abs(relative_error(weight[:, removed], solution.removed_gram, square) - plain.item()) <= 1e-9
+
+
+def _damped_least_squares(weight, inputs, removed, damp):
+    """argmin ‖(W' − W) X‖² + μ‖W' − W‖² with W'[:, P] = 0, μ = damp·mean(diag X Xᵀ), by
+    torch.linalg.lstsq: the ridge term is √μ·I appended to X as n extra input columns."""
+    mu = damp * (inputs @ inputs.T).diagonal().mean()
+    augmented = torch.cat([inputs, mu.sqrt() * torch.eye(inputs.shape[0], dtype=inputs.dtype)], dim=1)
+    return _least_squares(weight, augmented, removed)
+
+
+def test_damped_update_is_the_damped_least_squares_optimum():
+    """damp > 0 against an outside reference, including fewer tokens than inputs (X Xᵀ
+    singular: the damping is what makes the update defined)."""
+    for tokens, damp in ((80, 0.01), (80, 0.5), (8, 0.1)):
+        weight, inputs = _problem(tokens=tokens, seed=5)
+        for removed in ([3], [2, 5, 7], list(range(4, 8))):
+            got = obs_update(weight, inputs @ inputs.T, removed, damp=damp)
+            want = _damped_least_squares(weight, inputs, removed, damp)
+            err = ((got - want).norm() / want.norm()).item()
+            assert err <= 1e-9, (tokens, damp, removed, err)
+            # Damping changes the answer: it is not the undamped optimum (where one exists).
+            if tokens > weight.shape[1]:
+                assert ((got - _least_squares(weight, inputs, removed)).norm() / want.norm()).item() > 1e-6
+
+
+def test_held_out_error_is_measured_on_tokens_outside_the_hessian():
+    """The round's reported error: U fitted on some tokens, ‖ΔW X_h‖/‖W X_h‖ on others, from
+    the held-out rows alone; with fewer fitted tokens than inputs (plus damping) it is well
+    above the in-sample error, which is what made the in-sample figure optimistic."""
+    from pap.pruning.obs import held_out_grams
+
+    weight, inputs = _problem(n=12, tokens=200, seed=6)
+    fit, held = inputs[:, :14], inputs[:, 14:]  # barely more fitted tokens than inputs
+    removed = [1, 6, 7]
+    solution = solve_columns(fit @ fit.T, removed, damp=0.01)
+    left = left_factor(weight[:, removed], solution.inverse_columns, removed)
+    delta = left @ solution.inverse_columns.T
+    error_gram, removed_gram = held_out_grams(held.T, solution.inverse_columns, removed)
+    square = (weight @ held).square().sum().item()
+    want = ((delta @ held).norm() / (weight @ held).norm()).item()
+    assert abs(relative_error(left, error_gram, square) - want) <= 1e-9
+    plain = ((weight[:, removed] @ held[removed]).norm() / (weight @ held).norm()).item()
+    assert abs(relative_error(weight[:, removed], removed_gram, square) - plain) <= 1e-9
+    in_sample = relative_error(left, solution.error_gram, (weight @ fit).square().sum().item())
+    assert want > in_sample
