@@ -19,6 +19,7 @@ is always refused: nothing pap did not write is ever deleted.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from pap.errors import PapError, describe_os_error
@@ -42,11 +43,14 @@ def main(argv=None) -> int:
     to_hf.add_argument("--expand-kv", action="store_true",
                        help="write a plain LlamaForCausalLM: one KV head per query head, shapes zero-padded")
     to_hf.add_argument("--overwrite", action="store_true", help="replace an earlier pap export at --out")
+    to_hf.add_argument("--no-verify", action="store_true",
+                       help="export a checkpoint that fails its checksums anyway (one line says so)")
     args = parser.parse_args(argv)
 
     import warnings
 
     warnings.filterwarnings("ignore")
+    # torch loads only after the arguments parse, so `--help` and usage errors answer at once
     from pap.distributed import shutdown
     from pap.hf import convert
 
@@ -54,6 +58,11 @@ def main(argv=None) -> int:
         if args.command == "hf-to-mcore":
             convert.hf_to_mcore(args.hf, args.out, args.tp, args.pp, overwrite=args.overwrite)
         else:
+            from pap import checkpoint  # loaded with torch, like the converter above
+
+            if args.no_verify:
+                os.environ[checkpoint.NO_VERIFY_ENV] = "1"
+            checkpoint.read_verified(args.ckpt, "--no-verify")  # its files, as a resume checks them
             convert.mcore_to_hf(args.ckpt, args.out, args.tokenizer, args.dtype, args.expand_kv,
                                 overwrite=args.overwrite)
     except PapError as exc:

@@ -1,1 +1,4 @@
-"""Hugging Face <-> megatron-core conversion (Llama family)."""
+"""Hugging Face <-> megatron-core conversion.
+
+The Hugging Face classes it writes and reads are export families (`pap.hf.families`).
+"""

@@ -1,39 +1,39 @@
-"""Hugging Face Llama checkpoints <-> pap (megatron-core dist_checkpointing) checkpoints.
+"""Hugging Face checkpoints <-> pap (megatron-core dist_checkpointing) checkpoints.
 
 Both directions run in one process at TP=1, PP=1. That is no limitation: megatron-core's
 `dist_checkpointing` stores global tensors, so a checkpoint written here loads at any
 TP/PP that divides the model, and a checkpoint saved at any TP/PP loads here.
+
+Which Hugging Face class is read or written, with its names, config.json and tensor
+transforms, is an export family (`pap.hf.families`); this module only walks a family's
+table, so it is the same for all of them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
+import json
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 
 from pap import checkpoint
 from pap.arch import Arch
 from pap.config import ConfigError, DataConfig, ModelConfig, PapConfig, ParallelConfig, validate
+from pap.distributed import init_distributed
 from pap.errors import PapError
-from pap.hf import layout
-from pap.hf.hf_config import hf_loadable_without_code, read_hf_config, write_hf_config
+from pap.hf.expand_kv import ExpandedState
+from pap.hf.families import ExportFamily, pick
+from pap.hf.hf_config import read_hf_config
+from pap.hf.megatron_names import split_layer
 from pap.hf.weights import SafetensorsReader, ShardedSafetensorsWriter, torch_dtype
+from pap.model import build_model
 
-_LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-
-
-def _template(name: str) -> Tuple[str, Optional[int]]:
-    """'decoder.layers.3.mlp.linear_fc2.weight' -> ('decoder.layers.{}.mlp.linear_fc2.weight', 3)."""
-    match = _LAYER.match(name)
-    if not match:
-        return name, None
-    return f"decoder.layers.{{}}.{match.group(2)}", int(match.group(1))
 
 
 def _conversion_config(model: ModelConfig, tp: int = 1, pp: int = 1) -> PapConfig:
@@ -41,8 +41,6 @@ def _conversion_config(model: ModelConfig, tp: int = 1, pp: int = 1) -> PapConfi
 
 
 def _single_process_megatron(seed: int = 0) -> None:
-    from pap.distributed import init_distributed
-
     init_distributed(1, 1, seed)
 
 
@@ -59,6 +57,9 @@ def check_output(out: str, kind: str, overwrite: bool, inputs=()) -> None:
         source = Path(source).resolve()
         if final == source or final in source.parents:  # replacing --out would delete the input
             raise PapError(f"--out {out}: holds the input {source}; choose another output directory")
+        if source in final.parents:  # the output would be written into the input
+            raise PapError(f"--out {out}: is inside the input {source}; a conversion never writes into its "
+                           f"input: choose a directory outside it")
     if not final.exists() or (final.is_dir() and not any(final.iterdir())):
         return
     ours = final.is_dir() and any((final / marker).exists() for marker in _MARKERS[kind])
@@ -79,48 +80,53 @@ def _replace_dir(partial: Path, final: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # Hugging Face -> megatron
 # ---------------------------------------------------------------------------------------------
-def megatron_tensor(name: str, hf: SafetensorsReader, arch: Arch) -> torch.Tensor:
-    """Full (TP=1) megatron tensor `name`, assembled from the HF checkpoint."""
-    template, layer = _template(name)
-    if template in layout.DIRECT:
-        tensor = hf.get(layout.DIRECT[template].format(layer))
-    elif template == layout.QKV:
-        tensor = layout.qkv_to_megatron(hf.get(layout.HF_Q.format(layer)), hf.get(layout.HF_K.format(layer)),
-                                        hf.get(layout.HF_V.format(layer)), arch.heads_per_group[layer],
-                                        arch.head_dim)
-    elif template == layout.FC1:
-        tensor = layout.fc1_to_megatron(hf.get(layout.HF_GATE.format(layer)), hf.get(layout.HF_UP.format(layer)))
-    else:
+def megatron_tensor(name: str, hf: SafetensorsReader, arch: Arch, family: ExportFamily) -> torch.Tensor:
+    """Full (TP=1) megatron tensor `name`, assembled from the HF checkpoint of `family`."""
+    template, layer = split_layer(name)
+    found = family.mapping(template)
+    if found is None:
         raise PapError(f"no Hugging Face source for megatron tensor {name}")
-    if name in (layout.EMBEDDING, layout.OUTPUT) and tensor.shape[0] < arch.padded_vocab_size:
-        padding = tensor.new_zeros(arch.padded_vocab_size - tensor.shape[0], tensor.shape[1])
-        tensor = torch.cat([tensor, padding])  # rows no token id reaches; zero like Megatron-LM's converters
-    return tensor
+    entry, index = found
+    hf_names = entry.hf_names(layer)
+    return entry.transform.to_mcore(index, lambda i: hf.get(hf_names[i]), arch, layer)
+
+
+def _check_tied_head(hf_dir: str, reader: SafetensorsReader, arch: Arch) -> None:
+    """A tied config whose files also store an `lm_head.weight`: a tied model has no head of
+    its own, so a stored head that differs from the embedding would be dropped. Refused."""
+    head, embedding = "lm_head.weight", "model.embed_tokens.weight"
+    names = set(reader.names())
+    if not arch.tie_embeddings or head not in names or embedding not in names:
+        return
+    if not torch.equal(reader.get(head), reader.get(embedding)):
+        raise PapError(f"{hf_dir}: config.json says tie_word_embeddings=true but the checkpoint stores an {head} "
+                       f"that differs from {embedding}, which a tied conversion would drop; set "
+                       f"tie_word_embeddings=false in config.json to convert the model untied, or delete {head} "
+                       f"from the checkpoint if the tied embedding is meant")
 
 
 def hf_to_mcore(hf_dir: str, out: str, tp: int = 1, pp: int = 1, progress=print, overwrite: bool = False) -> Path:
-    """Convert the HF Llama checkpoint in `hf_dir` to a pap checkpoint at `out`."""
+    """Convert the HF checkpoint in `hf_dir` (of a family that `imports`) to a pap checkpoint at `out`."""
     start = time.time()
     check_output(out, "checkpoint", overwrite, inputs=[hf_dir])
-    arch, model_cfg, dtype_name = read_hf_config(hf_dir)
+    family, arch, model_cfg, dtype_name = read_hf_config(hf_dir)
     try:
         validate(_conversion_config(model_cfg, tp, pp), source=f"{hf_dir} at --tp {tp} --pp {pp}")
     except ConfigError as exc:
         raise PapError(str(exc).replace("parallel.tp", "--tp").replace("parallel.pp", "--pp")) from None
     reader = SafetensorsReader(hf_dir)
-    expected = _hf_names(arch)
+    expected = family.hf_names(arch)
     missing = sorted(set(expected) - set(reader.names()))
     if missing:
         raise PapError(f"{hf_dir}: tensor {missing[0]} is missing from the checkpoint"
                        + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    _check_tied_head(hf_dir, reader, arch)
     dtype = torch_dtype(dtype_name)
-    from pap.model import build_model
-
     _single_process_megatron()
     model = build_model(arch, _conversion_config(model_cfg), dtype=dtype, initialize=False)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            tensor = megatron_tensor(name, reader, arch)
+            tensor = megatron_tensor(name, reader, arch, family)
             if tensor.shape != param.shape:
                 raise PapError(f"{hf_dir}: {name} should be {tuple(param.shape)} for this config.json, "
                                f"the checkpoint's tensors give {tuple(tensor.shape)}")
@@ -139,65 +145,29 @@ def hf_to_mcore(hf_dir: str, out: str, tp: int = 1, pp: int = 1, progress=print,
     return final
 
 
-def _hf_names(arch: Arch):
-    names = [layout.DIRECT[layout.EMBEDDING], "model.norm.weight"]
-    if not arch.tie_embeddings:
-        names.append("lm_head.weight")
-    for layer in range(arch.num_layers):
-        for template in (layout.HF_Q, layout.HF_K, layout.HF_V, layout.HF_GATE, layout.HF_UP):
-            names.append(template.format(layer))
-        for template, hf_name in layout.DIRECT.items():
-            if "{}" in template:
-                names.append(hf_name.format(layer))
-    return names
-
-
 # ---------------------------------------------------------------------------------------------
 # megatron -> Hugging Face
 # ---------------------------------------------------------------------------------------------
-def hf_tensors(full: Dict[str, torch.Tensor], arch: Arch, expand_kv: bool = False
-               ) -> Iterator[Tuple[str, torch.Tensor]]:
-    """(HF name, tensor) pairs for the full megatron tensors `full` (vocab padding removed).
-
-    With `expand_kv`, the shapes of `layout.expanded_arch(arch)` (a plain Llama).
-    """
-    wide = layout.expanded_arch(arch)
-    for name, tensor in full.items():
-        template, layer = _template(name)
-        if name in (layout.EMBEDDING, layout.OUTPUT):
-            if name == layout.OUTPUT and arch.tie_embeddings:
-                continue
-            yield layout.DIRECT[name], tensor[: arch.vocab_size]
-        elif template == layout.QKV:
-            q, k, v = layout.qkv_from_megatron(tensor, arch.heads_per_group[layer], arch.head_dim)
-            o = full[f"decoder.layers.{layer}.self_attention.linear_proj.weight"]
-            if expand_kv:
-                q, k, v, o = layout.expand_heads(q, k, v, o, arch.heads_per_group[layer], arch.head_dim,
-                                                 wide.num_heads(layer))
-            yield layout.HF_Q.format(layer), q
-            yield layout.HF_K.format(layer), k
-            yield layout.HF_V.format(layer), v
-            yield layout.DIRECT["decoder.layers.{}.self_attention.linear_proj.weight"].format(layer), o
-        elif template == layout.FC1:
-            gate, up = layout.fc1_from_megatron(tensor)
-            down = full[f"decoder.layers.{layer}.mlp.linear_fc2.weight"]
-            if expand_kv:
-                gate, up, down = layout.pad_ffn(gate, up, down, wide.ffn[layer])
-            yield layout.HF_GATE.format(layer), gate
-            yield layout.HF_UP.format(layer), up
-            yield layout.DIRECT["decoder.layers.{}.mlp.linear_fc2.weight"].format(layer), down
-        elif template in ("decoder.layers.{}.self_attention.linear_proj.weight",
-                          "decoder.layers.{}.mlp.linear_fc2.weight"):
-            continue  # written with linear_qkv / linear_fc1 above
-        elif template in layout.DIRECT:
-            yield layout.DIRECT[template].format(layer), tensor
-        else:
+def hf_tensors(full: Mapping, arch: Arch, family: ExportFamily) -> Iterator[Tuple[str, torch.Tensor]]:
+    """(HF name, tensor) pairs of `family` for the full megatron tensors `full` of `arch`
+    (vocab padding removed), in the order of `full`."""
+    for name in full:
+        template, layer = split_layer(name)
+        found = family.mapping(template)
+        if found is None:
             raise PapError(f"no Hugging Face name for megatron tensor {name}")
+        entry, index = found
+        if index > 0 or not entry.present(arch, layer):
+            continue  # written with the first tensor of its map, or a tensor the family does not have
+        mcore = [full[mcore_name.format(layer)] for mcore_name in entry.mcore]
+        yield from zip(entry.hf_names(layer), entry.transform.to_hf(mcore, arch, layer))
 
 
 def mcore_to_hf(ckpt: str, out: str, tokenizer: Optional[str] = None, dtype: str = "auto",
-                expand_kv: bool = False, progress=print, overwrite: bool = False) -> Path:
-    """Export the pap checkpoint `ckpt` (any TP/PP it was saved with) as a HF model directory."""
+                expand_kv: bool = False, progress=print, overwrite: bool = False,
+                family: Optional[str] = None) -> Path:
+    """Export the pap checkpoint `ckpt` (any TP/PP it was saved with) as a HF model directory,
+    of export family `family` (a `pap.hf.families.FAMILIES` key; default: the first that fits)."""
     start = time.time()
     check_output(out, "export", overwrite, inputs=[ckpt] + ([tokenizer] if tokenizer else []))
     source = checkpoint.read(ckpt)
@@ -209,45 +179,43 @@ def mcore_to_hf(ckpt: str, out: str, tokenizer: Optional[str] = None, dtype: str
         raise PapError(f"--tokenizer {tokenizer}: no such file or directory")
     saved_dtype = torch.bfloat16 if model_cfg.params_dtype == "bf16" else torch.float32
     out_dtype = saved_dtype if dtype == "auto" else torch_dtype(dtype)
-    from pap.model import build_model
-
     _single_process_megatron()
     # A bf16 run's checkpoint also holds fp32 masters: a wider export reads those, not their bf16 cast.
     build_dtype = torch.float32 if source.masters and out_dtype == torch.float32 else saved_dtype
     model = build_model(arch, _conversion_config(model_cfg), dtype=build_dtype, initialize=False)
     checkpoint.load_model(source, model)
     full = {name: tensor.detach() for name, tensor in model.state_dict().items() if not name.endswith("_extra_state")}
-    final = write_hf_dir(full, arch, model_cfg, out, out_dtype, expand_kv, tokenizer)
+    final = write_hf_dir(full, arch, model_cfg, out, out_dtype, expand_kv, tokenizer, family)
     progress(f"mcore-to-hf: wrote {final} in {time.time() - start:.1f}s")
     return final
 
 
-def write_hf_dir(full: Dict[str, torch.Tensor], arch: Arch, model_cfg: ModelConfig, out: str,
-                 dtype: torch.dtype, expand_kv: bool = False, tokenizer: Optional[str] = None) -> Path:
+def write_hf_dir(full: Mapping, arch: Arch, model_cfg: ModelConfig, out: str, dtype: torch.dtype,
+                 expand_kv: bool = False, tokenizer: Optional[str] = None, family: Optional[str] = None) -> Path:
     """Write full megatron tensors (global names) as a HF model directory, atomically.
 
-    A plain `LlamaForCausalLM` when transformers can hold the shape, else pap's remote code.
+    Written as export family `family`, or by default the first that holds the shape: a plain
+    `LlamaForCausalLM` when transformers can, else pap's remote code. With `expand_kv`, the
+    model of `pap.hf.expand_kv.expanded_arch(arch)` that computes the same function.
     """
-    import json
-
-    arch_out = layout.expanded_arch(arch) if expand_kv else arch
-    remote_code = not hf_loadable_without_code(arch_out)
+    arch_out = arch
+    if expand_kv:
+        full = ExpandedState(full, arch)
+        arch_out = full.wide
+    chosen = pick(arch_out, family)
     final = Path(out)
     partial = final.with_name(final.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
         writer = ShardedSafetensorsWriter(partial)
-        for name, tensor in hf_tensors(full, arch, expand_kv):
+        for name, tensor in hf_tensors(full, arch_out, chosen):
             writer.add(name, tensor.to(dtype))
         writer.close()
-        hf_cfg = write_hf_config(arch_out, model_cfg, _DTYPE_NAMES[dtype], remote_code)
+        hf_cfg = chosen.config(arch_out, model_cfg, _DTYPE_NAMES[dtype])
         (partial / "config.json").write_text(json.dumps(hf_cfg, indent=2))
         (partial / "pap_arch.json").write_text(arch.to_json())
-        if remote_code:
-            from pap.hf import remote
-
-            remote.write_code(partial)
+        chosen.write_files(partial)
         if tokenizer is not None:
             _copy_tokenizer(Path(tokenizer), partial)
     except BaseException:
