@@ -29,7 +29,7 @@ from pap.errors import PapError
 from pap.hf.expand_kv import ExpandedState
 from pap.hf.families import ExportFamily, pick
 from pap.hf.hf_config import read_hf_config
-from pap.hf.megatron_names import split_layer
+from pap.hf.megatron_names import EMBEDDING, OUTPUT, split_layer
 from pap.hf.weights import SafetensorsReader, ShardedSafetensorsWriter, torch_dtype
 from pap.model import build_model
 
@@ -91,10 +91,11 @@ def megatron_tensor(name: str, hf: SafetensorsReader, arch: Arch, family: Export
     return entry.transform.to_mcore(index, lambda i: hf.get(hf_names[i]), arch, layer)
 
 
-def _check_tied_head(hf_dir: str, reader: SafetensorsReader, arch: Arch) -> None:
-    """A tied config whose files also store an `lm_head.weight`: a tied model has no head of
-    its own, so a stored head that differs from the embedding would be dropped. Refused."""
-    head, embedding = "lm_head.weight", "model.embed_tokens.weight"
+def _check_tied_head(hf_dir: str, reader: SafetensorsReader, arch: Arch, family: ExportFamily) -> None:
+    """A tied config whose files also store an output head (Llama's `lm_head.weight`): a tied
+    model has no head of its own, so a stored head that differs from the embedding would be
+    dropped. Refused."""
+    (head,), (embedding,) = family.hf_names_of(OUTPUT), family.hf_names_of(EMBEDDING)
     names = set(reader.names())
     if not arch.tie_embeddings or head not in names or embedding not in names:
         return
@@ -120,7 +121,7 @@ def hf_to_mcore(hf_dir: str, out: str, tp: int = 1, pp: int = 1, progress=print,
     if missing:
         raise PapError(f"{hf_dir}: tensor {missing[0]} is missing from the checkpoint"
                        + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    _check_tied_head(hf_dir, reader, arch)
+    _check_tied_head(hf_dir, reader, arch, family)
     dtype = torch_dtype(dtype_name)
     _single_process_megatron()
     model = build_model(arch, _conversion_config(model_cfg), dtype=dtype, initialize=False)

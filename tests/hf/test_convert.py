@@ -172,6 +172,13 @@ def test_checkpoint_missing_a_tensor(tmp_path):
     saved = json.loads(state_file.read_text())
     saved["arch"]["heads_per_group"] = [[1, 1, 1, 1, 1]] * 4  # claims a head the weights do not have
     state_file.write_text(json.dumps(saved))
+    # The edited state file fails its checksum first; past that (--no-verify), the weights do not load.
     _one_error_line(convert("mcore-to-hf", "--ckpt", str(tmp_path / "mcore"), "--out", str(tmp_path / "back"),
-                            expect_ok=False), "cannot load the weights")
+                            expect_ok=False), "damaged")
+    unverified = convert("mcore-to-hf", "--ckpt", str(tmp_path / "mcore"), "--out", str(tmp_path / "back"),
+                         "--no-verify", expect_ok=False)
+    lines = [l for l in (unverified.stdout + unverified.stderr).splitlines() if l.strip()]
+    assert unverified.returncode == 2 and len(lines) == 2, lines
+    assert lines[0].startswith("pap: ") and "damaged" in lines[0], lines  # read anyway, and said so
+    assert lines[1].startswith("error: ") and "cannot load the weights" in lines[1], lines
     assert not (tmp_path / "back").exists() and not (tmp_path / "back.partial").exists()

@@ -124,6 +124,11 @@ class ExportFamily:
         """(the map holding megatron tensor `mcore_template`, its index there), or None."""
         return self._by_mcore.get(mcore_template)
 
+    def hf_names_of(self, mcore_template: str, layer: Optional[int] = None) -> List[str]:
+        """The HF names of the map holding megatron tensor `mcore_template`, in layer `layer`."""
+        entry, _ = self._by_mcore[mcore_template]
+        return entry.hf_names(layer)
+
     def hf_names(self, arch: Arch) -> List[str]:
         """Every HF tensor name a checkpoint of `arch` in this family holds."""
         names = []
