@@ -230,9 +230,12 @@ def test_pruning_run_logs_saves_and_resumes_pruned(tmp_path, random_dataset):
     # Resume at TP=1 with more steps: the run continues from the pruned architecture.
     cfg["train"]["iters"] = 7
     cfg["parallel"] = {"tp": 1, "pp": 1}
+    # Pruning settings may change on resume only when the config says so (docs/RELIABILITY.md).
     cfg["prune"].update(min_kv_heads=1, min_ffn=1)
+    cfg["checkpoint"]["allow_changes"] = ["prune.min_kv_heads", "prune.min_ffn"]
     out = run(1, write_config(tmp_path / "c2.yaml", cfg), log=tmp_path / "resume.log")
     assert f"pap: {events[-1]['params']:,} parameters" in out
+    assert "changed on resume: prune.min_ffn 2 -> 1 (allowed by checkpoint.allow_changes)" in out
 
 
 @pytest.mark.slow
