@@ -108,12 +108,17 @@ class SelectionMode:
 
     def select(self, scores: GroupScores, arch: Arch, settings: RoundSettings, target: int,
                layer_cosine: Optional[Sequence[float]]) -> Tuple[List[Step], GroupScores, List[dict]]:
-        """(steps, the scores of what is left, event-log notes per step)."""
-        raise NotImplementedError
+        """(steps, the scores of what is left, event-log notes per step); by default at most
+        `settings.prune_steps` removals chosen one at a time, each seeing what is left."""
+        return self._one_at_a_time(scores, arch, settings, target)
 
     def choose_one(self, scores: GroupScores, arch: Arch, settings: RoundSettings, kinds=("attn", "ffn", "stem"),
                    normalize="settings", align: Optional[int] = None) -> Optional[Removal]:
         """The next single removal among `kinds`, or None when each is at its floor."""
+        normalize = settings.normalize if normalize == "settings" else normalize
+        return self._pick(scores, arch, normalize, settings.floors, kinds, align)
+
+    def _pick(self, scores, arch, normalize, floors, kinds, align) -> Optional[Removal]:
         raise NotImplementedError
 
     def _one_at_a_time(self, scores, arch, settings, target):
@@ -133,12 +138,8 @@ class UniformSelection(SelectionMode):
 
     name = "uniform"
 
-    def select(self, scores, arch, settings, target, layer_cosine=None):
-        return self._one_at_a_time(scores, arch, settings, target)
-
-    def choose_one(self, scores, arch, settings, kinds=("attn", "ffn", "stem"), normalize="settings", align=None):
-        normalize = settings.normalize if normalize == "settings" else normalize
-        return choose(scores, arch, normalize, settings.floors, kinds=kinds)
+    def _pick(self, scores, arch, normalize, floors, kinds, align):
+        return choose(scores, arch, normalize, floors, kinds=kinds)
 
 
 class GreedySelection(SelectionMode):
@@ -146,12 +147,8 @@ class GreedySelection(SelectionMode):
 
     name = "greedy"
 
-    def select(self, scores, arch, settings, target, layer_cosine=None):
-        return self._one_at_a_time(scores, arch, settings, target)
-
-    def choose_one(self, scores, arch, settings, kinds=("attn", "ffn", "stem"), normalize="settings", align=None):
-        normalize = settings.normalize if normalize == "settings" else normalize
-        return choose_greedy(scores, arch, normalize, settings.floors, kinds=kinds, align=align)
+    def _pick(self, scores, arch, normalize, floors, kinds, align):
+        return choose_greedy(scores, arch, normalize, floors, kinds=kinds, align=align)
 
 
 class AdaptiveSelection(GreedySelection):
