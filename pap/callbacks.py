@@ -22,15 +22,19 @@ a run meets them:
 `write_checkpoint`  extra files written into a checkpoint directory before it is final
 ==================  ==================================================================
 
-The forward step and loss are injected separately (`Trainer(..., forward_step=...)`,
-`pap.forward_step`), in the manner of megatron-core's `forward_step_func`.
+Two questions the trainer asks its components: `forward_step()`, the forward step and loss
+of a component that changes the objective (distillation; at most one component gives one),
+and `extra_flops_per_token()`, work a component adds to each step's FLOPs (a teacher's
+forward), counted in the throughput and MFU. A forward step can also be injected directly
+(`Trainer(..., forward_step=...)`, `pap.forward_step`), in the manner of megatron-core's
+`forward_step_func`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 if TYPE_CHECKING:  # annotations only: the trainer imports this module
     from pap.trainer import Trainer
@@ -94,3 +98,11 @@ class Callback:
 
     def write_checkpoint(self, trainer: "Trainer", directory: Path) -> None:
         """Write extra files into checkpoint `directory` (collective: every rank calls it)."""
+
+    def forward_step(self) -> Optional[Callable]:
+        """The run's forward step, for a component that changes the loss (None: it does not)."""
+        return None
+
+    def extra_flops_per_token(self, trainer: "Trainer") -> int:
+        """FLOPs per training token this component adds to the coming step (asked before it)."""
+        return 0

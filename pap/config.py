@@ -282,6 +282,29 @@ class PruneConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation from a frozen teacher while pruning and training (docs/DISTILL.md)."""
+
+    enabled: bool = False
+    """Train on alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * next-token loss."""
+    teacher: Optional[str] = None
+    """The teacher's pap checkpoint (root or one iter_* directory); default
+    `checkpoint.init_from`, the model pruning starts from."""
+    alpha: float = 0.5
+    """Weight of the KL term, in [0, 1] (0: the next-token loss alone, the teacher still
+    runs and its KL is logged)."""
+    temperature: float = 1.0
+    """T: both distributions are softmax(logits / T); the KL is scaled by T^2 so that its
+    gradients keep their size as T changes."""
+    top_k: int = 0
+    """0: the teacher's whole distribution. k > 0: the teacher's k most likely tokens,
+    renormalised over them, against the student's log-probabilities over the whole vocabulary."""
+    during: str = "both"
+    """When the teacher teaches: pruning (until the pruning target is reached), after (the
+    continued stage only) or both. A run without `prune.enabled` is all 'after'."""
+
+
+@dataclass
 class EvalConfig:
     """Benchmarks during training: lm-evaluation-harness on the current weights (rank 0)."""
 
@@ -312,6 +335,7 @@ class PapConfig:
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
@@ -435,6 +459,7 @@ _CHOICES = {
     "prune.adapt_rule": ("published", "scaled"),
     "prune.adapt_unit": ("group", "head"),
     "prune.layers": ("uniform", "greedy", "adaptive"),
+    "distill.during": ("pruning", "after", "both"),
 }
 
 
@@ -542,6 +567,7 @@ def validate(cfg: PapConfig, source: str = "<config>") -> None:
             fail("prune.min_kv_heads", f"and prune.min_ffn must be at least parallel.tp ({p.tp}) so every "
                  f"tensor-parallel rank keeps a KV head and an FFN channel; e.g. prune.min_kv_heads={p.tp} "
                  f"prune.min_ffn={p.tp}")
+    _check_distill(cfg, fail)
     ev = cfg.eval
     if ev.harness_tasks:
         if ev.harness_interval < 1:
@@ -555,6 +581,25 @@ def validate(cfg: PapConfig, source: str = "<config>") -> None:
     if not cfg.data.blend:
         fail("data.blend", "is empty: give at least one dataset prefix (path/name_text_document)")
     _parse_split(cfg.data.split, source)
+
+
+def _check_distill(cfg: PapConfig, fail) -> None:
+    """`distill.*`: a teacher to load and a loss that is a weighted sum."""
+    d = cfg.distill
+    if not d.enabled:
+        return
+    if not (d.teacher or cfg.checkpoint.init_from):
+        fail("distill.teacher", "is unset and so is checkpoint.init_from: name the teacher's pap checkpoint, "
+             "e.g. distill.teacher=ckpt/smollm-1.7b")
+    if not 0 <= d.alpha <= 1:
+        fail("distill.alpha", f"must be in [0, 1], got {d.alpha}")
+    if not d.temperature > 0:
+        fail("distill.temperature", f"must be positive, got {d.temperature}")
+    if d.top_k < 0:
+        fail("distill.top_k", f"must be 0 (the whole distribution) or a positive number of tokens, got {d.top_k}")
+    if d.during == "pruning" and not cfg.prune.enabled:
+        fail("distill.during", "is 'pruning' but prune.enabled is false: the teacher would never teach; "
+             "set distill.during=after (or both), or enable pruning")
 
 
 def prune_floors(pr, m) -> list:

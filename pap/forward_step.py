@@ -4,7 +4,12 @@ A forward step follows megatron-core's `forward_step_func` contract: called with
 micro-batch iterator and the model stage, it returns the stage's output and a function
 that turns the last stage's output into `(loss, {name: value})`. The trainer logs the
 `"lm loss"` entry. Another objective (an auxiliary term, distillation) is another forward
-step, not another trainer: `with_loss_term` adds a term to the default one.
+step, not another trainer: `with_loss_term` adds a term to the default one, and
+`pap.distill.step.DistillForwardStep` runs a teacher beside the model.
+
+A forward step may also have `adjust_tensor_shapes_fn(forward_only)`: the pipeline
+schedule's shape adjustment for the tensors sent between stages (None: megatron's own), for
+a step whose stages send more than the model's hidden state.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ def masked_mean_loss(loss_mask: torch.Tensor, per_token_loss: torch.Tensor) -> T
     return loss, {"lm loss": loss.detach().clone()}
 
 
-def _next_batch(data_iterator, model) -> dict:
+def next_batch(data_iterator, model) -> dict:
+    """The next micro batch, on the model's device."""
     batch = next(data_iterator)
     device = next(model.parameters()).device
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -35,7 +41,7 @@ def _next_batch(data_iterator, model) -> dict:
 
 def lm_forward_step(data_iterator, model):
     """The next-token language-modelling step: the default."""
-    batch = _next_batch(data_iterator, model)
+    batch = next_batch(data_iterator, model)
     output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
     return output, partial(masked_mean_loss, batch["loss_mask"])
 
@@ -50,7 +56,7 @@ def with_loss_term(term: LossTerm):
     the logged `"lm loss"` stays the next-token loss."""
 
     def forward_step(data_iterator, model):
-        batch = _next_batch(data_iterator, model)
+        batch = next_batch(data_iterator, model)
         output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
         return output, partial(_with_term, term, batch)
 

@@ -37,6 +37,7 @@ _REFUSED = {
 }
 _REFUSED_SECTIONS = {
     "prune": "pruning settings decide the removals still to come and the saliency window in progress",
+    "distill": "the teacher and the distillation loss decide the gradients of every step still to come",
 }
 # Model settings the checkpoint's weights fix (checked with their saved values by the trainer).
 _KEPT = ("model.vocab_size", "model.make_vocab_size_divisible_by", "model.hidden_size", "model.num_layers",

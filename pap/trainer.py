@@ -48,7 +48,7 @@ class Trainer:
         if callbacks is None:
             callbacks = callbacks_for(cfg)
         self.callbacks: List[Callback] = sorted(callbacks, key=lambda c: -c.priority)
-        self.forward_step = forward_step or lm_forward_step
+        self.forward_step = _choose_forward_step(forward_step, self.callbacks)
         self.progress: Optional[Progress] = None
         """The run's printer and logger while `run` is going (None before)."""
         self.last_saved: Optional[int] = None
@@ -250,6 +250,9 @@ class Trainer:
         """
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
+        # A forward step whose stages send more than the hidden state widens the schedule's shapes.
+        adjust = getattr(self.forward_step, "adjust_tensor_shapes_fn", None)
+        adjust = adjust(forward_only) if adjust is not None and self.topo.pp > 1 else None
         losses = get_forward_backward_func()(
             forward_step_func=self.forward_step,
             data_iterator=iter(microbatches),
@@ -258,6 +261,7 @@ class Trainer:
             seq_length=self.cfg.data.seq_length,
             micro_batch_size=self.cfg.train.micro_batch_size,
             forward_only=forward_only,
+            **({"adjust_tensor_shapes_fn": adjust} if adjust is not None else {}),
         )
         return self._global_mean_loss(losses)
 
@@ -381,8 +385,11 @@ class Trainer:
         self.last_saved = self.iteration if self.resume else None
         try:
             while self.iteration < cfg.train.iters:
-                # FLOPs of the shape this step runs on (a component may change it after the step).
-                flops_per_iter = self.arch.flops_per_token(cfg.data.seq_length) * self.tokens_per_iter
+                # FLOPs of the shape this step runs on (a component may change it after the step),
+                # and of what components add to it (a teacher's forward).
+                flops_per_token = self.arch.flops_per_token(cfg.data.seq_length) + sum(
+                    c.extra_flops_per_token(self) for c in self.callbacks)
+                flops_per_iter = flops_per_token * self.tokens_per_iter
                 step = self.train_step()
                 window_loss += step.loss
                 window_steps += 1
@@ -436,6 +443,18 @@ class Trainer:
             self.progress.print(f"validation loss at iteration {self.iteration}: {loss:.6f}")
             self.progress.scalars(self.iteration, {"lm loss validation": loss})
         return loss
+
+
+def _choose_forward_step(given: Optional[Callable], callbacks: Sequence[Callback]) -> Callable:
+    """The run's forward step: the one given, else a component's (`Callback.forward_step`),
+    else the next-token step. Two sources of the loss are refused."""
+    offered = [(c.name, step) for c in callbacks if (step := c.forward_step()) is not None]
+    if len(offered) + (given is not None) > 1:
+        names = [name for name, _ in offered] + (["Trainer(forward_step=...)"] if given is not None else [])
+        raise PapError(f"{' and '.join(names)} each set the training loss; a run has one forward step")
+    if given is not None:
+        return given
+    return offered[0][1] if offered else lm_forward_step
 
 
 def _agree(value: int) -> int:

@@ -1,0 +1,1 @@
+"""Knowledge distillation from a frozen teacher during pruning-aware pretraining (docs/DISTILL.md)."""
