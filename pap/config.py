@@ -348,21 +348,15 @@ class PapConfig:
 
 
 def load_config(path: Optional[str] = None, overrides: typing.Sequence[str] = ()) -> PapConfig:
-    """Read a YAML file (or the defaults when `path` is None) and apply `key.sub=value` overrides."""
+    """Read a YAML file (or the defaults when `path` is None) and apply `key.sub=value` overrides.
+
+    A file may start from another: `base: other.yaml` (relative to the file) takes that
+    file's settings, and this file's sections override them key by key."""
     raw: dict = {}
     source = "<defaults>"
     if path is not None:
         source = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections (model, train, ...)")
+        raw = _read_yaml(Path(path), ())
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -371,6 +365,37 @@ def load_config(path: Optional[str] = None, overrides: typing.Sequence[str] = ()
     cfg = config_from_dict(raw, source)
     validate(cfg, source)
     return cfg
+
+
+def _read_yaml(path: Path, chain: tuple) -> dict:
+    """The config mapping in `path`, with its `base:` files merged under it."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections (model, train, ...)")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be the path of another config file, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in chain or base_path == path.resolve():
+        raise ConfigError(f"{path}: base {base} leads back to itself")
+    return _merged(_read_yaml(base_path, chain + (path.resolve(),)), raw)
+
+
+def _merged(base: dict, top: dict) -> dict:
+    """`top` over `base`, mapping by mapping."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def config_from_dict(raw: dict, source: str = "<dict>") -> PapConfig:

@@ -84,3 +84,36 @@ def test_demo_configs_load_and_chain():
     assert Arch.from_model_config(pruned.model) == Arch.from_model_config(source.model)
     for cfg in (source, pruned):
         ensure_world_fits(cfg, 4)
+
+
+def test_base_file_is_merged_under_the_config(tmp_path):
+    """`base:` takes another file's settings; the file's own override them key by key, and a
+    cycle is one clear error."""
+    from pap.config import ConfigError, load_config
+
+    (tmp_path / "a.yaml").write_text("model: {hidden_size: 96, num_layers: 3}\ntrain: {lr: 0.002}\n"
+                                     "data: {blend: [x_text_document]}\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nmodel: {num_layers: 5}\n")
+    cfg = load_config(str(tmp_path / "b.yaml"))
+    assert (cfg.model.hidden_size, cfg.model.num_layers, cfg.train.lr) == (96, 5, 0.002)
+    (tmp_path / "c.yaml").write_text("base: d.yaml\n")
+    (tmp_path / "d.yaml").write_text("base: c.yaml\n")
+    with pytest.raises(ConfigError, match="leads back to itself"):
+        load_config(str(tmp_path / "c.yaml"))
+
+
+def test_distill_settings_are_checked():
+    from pap.config import ConfigError, load_config
+
+    base = ["data.blend=[x_text_document]", "distill.enabled=true"]
+    with pytest.raises(ConfigError, match="distill.teacher is unset and so is checkpoint.init_from"):
+        load_config(None, base)
+    with_teacher = base + ["distill.teacher=ckpt/source"]
+    for override, message in (("distill.alpha=1.5", "distill.alpha must be in"),
+                              ("distill.temperature=0", "distill.temperature must be positive"),
+                              ("distill.top_k=-1", "distill.top_k must be 0"),
+                              ("distill.during=never", "distill.during must be one of"),
+                              ("distill.during=pruning", "the teacher would never teach")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, with_teacher + [override])
+    assert load_config(None, with_teacher + ["distill.top_k=20"]).distill.top_k == 20

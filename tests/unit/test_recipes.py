@@ -97,3 +97,18 @@ def test_adapt_recipe_is_the_469m_run_with_adaptive_layers():
     tokens = increments * pr.grad_steps * adapt.train.global_batch_size * adapt.data.seq_length
     assert abs(tokens - PAPER["pap_469m"][2]) <= 0.02 * PAPER["pap_469m"][2]
     ensure_world_fits(adapt, 32)
+
+
+def test_distilled_469m_recipe_is_the_469m_run_with_a_teacher():
+    """pap_469m_distill.yaml takes every setting of pap_469m.yaml (`base:`) and adds `distill:`
+    with the source as the teacher."""
+    plain = load_config(RECIPES / "pap_469m.yaml").to_dict()
+    distilled = load_config(RECIPES / "pap_469m_distill.yaml").to_dict()
+    assert distilled["distill"]["enabled"] and distilled["distill"]["teacher"] is None  # = checkpoint.init_from
+    assert distilled["distill"]["during"] == "both" and distilled["distill"]["alpha"] == 1.0
+    assert distilled["checkpoint"]["dir"] == "runs/pap_469m_distill"
+    for section in plain:
+        if section not in ("distill", "checkpoint"):
+            assert distilled[section] == plain[section], section
+    assert {k: v for k, v in distilled["checkpoint"].items() if k != "dir"} == \
+        {k: v for k, v in plain["checkpoint"].items() if k != "dir"}
