@@ -22,6 +22,12 @@ stage followed by a continued stage twice as long). With `--layers`, per-layer w
 FFN channel of one layer per removal, so p = 8 x layers to remove as many groups per round), (ad) is Adapt-Pruner (`prune.layers: adaptive`,
 metric `first`, increments of 5% of the parameters every `--adaptive-k` steps), both at
 the same target and budget, with the resulting heads and FFN width of every layer.
+With `--distill`, PAP + knowledge distillation from the source (docs/DISTILL.md;
+`--distill-alpha`, temperature 1, the whole distribution, during both stages): (aKD) is (a)
+and (aBKD) is (aB) with the teacher; then (a) and (aB) are run again for as many steps as
+make their training FLOPs equal to their KD twin's (`a_pap_eqflops`, `aB_pap_eqflops`;
+FLOPs from each run's metrics: the step's FLOPs, teacher forward included, summed over
+steps), so the table compares them at equal tokens and at equal FLOPs.
 `--skip-baselines` leaves out
 (a2), (a4), (b) and (c). Every pap run reports its validation loss right after the
 pruning stage as well as at T.
@@ -78,6 +84,8 @@ class Bench:
         self.base = base_config(args)
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
         self.seconds = {}
+        self.budgets = {}
+        """Steps of runs whose budget is not T (`*_long`: 2T; `*_eqflops`: measured)."""
 
     def train(self, name: str, cfg: dict) -> Path:
         """Run `pap.train` for `cfg` in OUT/name (skipped when already finished)."""
@@ -111,7 +119,31 @@ class Bench:
     def iters_of(self, name: str) -> int:
         if name == "source":
             return self.args.source_iters
+        if name in self.budgets:
+            return self.budgets[name]
         return 2 * self.args.iters if name.endswith("_long") else self.args.iters
+
+    def records(self, name: str) -> list:
+        metrics = self.out / name / "metrics.jsonl"
+        return [r for r in map(json.loads, metrics.read_text().splitlines()) if "lm loss" in r] \
+            if metrics.is_file() else []
+
+    def flops(self, name: str) -> float:
+        """Training FLOPs of run `name`: each step's logged throughput (TFLOP/s per process,
+        teacher forward included) times its time, summed over steps (one process)."""
+        return sum(r["throughput"] * r["iteration-time"] * 1e12 for r in self.records(name))
+
+    def step_seconds(self, name: str) -> float:
+        """Median seconds per step of run `name`."""
+        import statistics
+
+        return statistics.median(r["iteration-time"] for r in self.records(name))
+
+    def teacher_line(self, name: str) -> str:
+        """The run's start line about its teacher (weights and logits memory)."""
+        log = self.out / f"{name}.log"
+        lines = [l for l in log.read_text().splitlines() if "distill: teacher" in l] if log.is_file() else []
+        return lines[-1].split("): ", 1)[-1].split(";")[0] if lines else "—"
 
     def loss_at(self, name: str, iteration: int):
         """Validation loss logged at `iteration` (the first report there), or None."""
@@ -139,10 +171,18 @@ class Bench:
         source = self.train("source", merged(self.base, train=source_lr))
         from_source = merged(self.base, train=derived_lr, checkpoint={"init_from": str(source)})
 
-        def pap(name, k, p, update="none", budget=1, **prune):
-            return self.train(name, merged(from_source, train=schedule(budget * a.iters, 1e-3, 1e-4), prune={
+        def pap(name, k, p, update="none", budget=1, distill=None, **prune):
+            steps = self.budgets.get(name, budget * a.iters)
+            return self.train(name, merged(from_source, train=schedule(steps, 1e-3, 1e-4), prune={
                 "enabled": True, "metric": a.metric, "target_params": a.target, "grad_steps": k, "prune_steps": p,
-                "update": update, **prune}))
+                "update": update, **prune}, **({"distill": distill} if distill else {})))
+
+        def equal_flops(plain: str, distilled: str, update: str):
+            """`plain` again, for as many steps as match `distilled`'s FLOPs."""
+            name = f"{plain}_eqflops"
+            per_step = self.flops(plain) / a.iters
+            self.budgets[name] = round(self.flops(distilled) / per_step)
+            return pap(name, 2, 8, update)
 
         def oneshot_then_train():
             ckpt = self.out / "oneshot_ckpt"
@@ -157,6 +197,17 @@ class Bench:
             if a.obs:
                 jobs = [pool.submit(pap, "a_pap", 2, 8), pool.submit(pap, "aB_pap", 2, 8, "obs"),
                         pool.submit(pap, "a_pap_long", 2, 8, "none", 2), pool.submit(pap, "aB_pap_long", 2, 8, "obs", 2)]
+                for job in jobs:
+                    job.result()
+            if a.distill:
+                teacher = {"enabled": True, "alpha": a.distill_alpha, "temperature": 1.0, "during": "both"}
+                jobs = [pool.submit(pap, "a_pap", 2, 8), pool.submit(pap, "aB_pap", 2, 8, "obs"),
+                        pool.submit(pap, "aKD_pap", 2, 8, distill=teacher),
+                        pool.submit(pap, "aBKD_pap", 2, 8, "obs", distill=teacher)]
+                for job in jobs:
+                    job.result()
+                jobs = [pool.submit(equal_flops, "a_pap", "aKD_pap", "none"),
+                        pool.submit(equal_flops, "aB_pap", "aBKD_pap", "obs")]
                 for job in jobs:
                     job.result()
             if a.layers:
@@ -221,6 +272,8 @@ class Bench:
             wall = f"{seconds:.0f}" if seconds else "(earlier run)"
             lines.append(f"| {label} | {self.params(name):,} | {stage} | {after_stage} | "
                          f"{self.final_loss(name):.4f} | {wall} |")
+        if self.final_loss("aKD_pap") is not None:
+            lines += self.distill_table()
         shaped = [(label, name) for label, name, _ in rows if name in ("u_pap", "g_pap", "ad_pap")
                   and self.final_loss(name) is not None]
         if len(shaped) > 1:
@@ -241,6 +294,23 @@ class Bench:
         return "\n".join(lines)
 
 
+    def distill_table(self) -> list:
+        """PAP + KD against PAP at equal tokens and at equal FLOPs."""
+        lines = ["", f"Distillation from the source (alpha {self.args.distill_alpha}, T 1): FLOPs count each step's "
+                     "forward and backward at its shape, plus the teacher's forward.", "",
+                 "| run | steps | training FLOPs | s/step (median) | pruning stage (steps, removals) | "
+                 "validation loss at the end | teacher on the rank |", "|---|---|---|---|---|---|---|"]
+        for label, name in (("(a) pap", "a_pap"), ("(aKD) pap + KD", "aKD_pap"),
+                            ("(a) pap at (aKD)'s FLOPs", "a_pap_eqflops"), ("(aB) pap + OBS", "aB_pap"),
+                            ("(aBKD) pap + OBS + KD", "aBKD_pap"), ("(aB) pap + OBS at (aBKD)'s FLOPs", "aB_pap_eqflops")):
+            if self.final_loss(name) is None:
+                continue
+            last, count = self.pruning_stage(name)
+            lines.append(f"| {label} | {self.iters_of(name)} | {self.flops(name):.3e} | {self.step_seconds(name):.3f} | "
+                         f"{last} steps, {count} removals | {self.final_loss(name):.4f} | {self.teacher_line(name)} |")
+        return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/retention")
@@ -254,6 +324,9 @@ def main() -> int:
     parser.add_argument("--layers", action="store_true", help="add greedy and adaptive per-layer pruning")
     parser.add_argument("--layers-target", type=float, default=0.6, help="target of the --layers runs")
     parser.add_argument("--adaptive-k", type=int, default=9, help="steps between adaptive increments")
+    parser.add_argument("--distill", action="store_true",
+                        help="add PAP + KD (A and B) against PAP at equal tokens and equal FLOPs")
+    parser.add_argument("--distill-alpha", type=float, default=0.5, help="distill.alpha of the --distill runs")
     parser.add_argument("--skip-baselines", action="store_true", help="only the source and the pap runs")
     parser.add_argument("--quick", action="store_true", help="a ~3-minute smoke run (tiny budgets)")
     args = parser.parse_args()
