@@ -51,7 +51,7 @@ LAYERS: List[Tuple[str, int]] = [
     ("pap/init.py", 3), ("pap/checkpoint.py", 3), ("pap/data.py", 3), ("pap/hf/", 3),
     # L4: the trainer and its components.
     ("pap/trainer.py", 4), ("pap/prune_hook.py", 4), ("pap/callbacks.py", 4), ("pap/forward_step.py", 4),
-    ("pap/pruning_log.py", 4), ("pap/components.py", 4),
+    ("pap/pruning_log.py", 4), ("pap/components.py", 4), ("pap/distill/", 4),
     ("pap/eval/training.py", 4),  # lm-eval during training: a training component
     ("pap/params.py", 0), ("pap/eval/table.py", 0), ("pap/resume_settings.py", 0),  # the parameter table; lm-eval's table rendering
     # L5: entry points.
