@@ -28,9 +28,10 @@ def test_kl_and_its_gradient_match_functional(temperature, top_k):
     weights = torch.rand(3, 5)
 
     target = teacher_distribution(teacher, temperature, top_k)
-    assert torch.allclose(target.sum(-1), torch.ones(3, 5))
+    assert torch.allclose(target.probs.sum(-1), torch.ones(3, 5))
+    assert torch.allclose(target.neg_entropy, torch.special.xlogy(target.probs, target.probs).sum(-1), atol=1e-5)
     if top_k:
-        assert ((target > 0).sum(-1) == top_k).all()
+        assert ((target.probs > 0).sum(-1) == top_k).all()
     kl = vocab_parallel_kl(student, target, temperature)
     want = _plain_kl(reference, teacher, temperature, top_k)
     assert torch.allclose(kl, want, atol=1e-5)
