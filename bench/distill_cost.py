@@ -10,7 +10,8 @@ the student has shrunk). The two runs alternate `--pairs` times (ABAB...), each 
 ratio per pair (median, min, max), the teacher's forward FLOPs as a share of the step's
 FLOPs (`Arch.flops_per_token`), and the teacher's memory on the rank: its weights (the
 built module's parameters) and, per micro batch, its logits with the fp32 target and
-student softmax the KL keeps for backward.
+student softmax the KL keeps for backward; and each run's peak resident memory (its own
+process), whose difference is what the teacher cost in all.
 
     python bench/distill_cost.py --recipe configs/recipes/pap_469m_distill.yaml \
         --pruning-tokens 72.1e9 --continued-tokens 500e9
@@ -67,7 +68,10 @@ def _steps(cfg_dict: dict, steps: int) -> dict:
         trainer.train_step()
     seconds = (time.perf_counter() - start) / steps
     distill = trainer.callback("distill")
-    out = {"seconds": seconds}
+    import resource
+
+    # this process's peak resident memory (a fresh process per run: spawn)
+    out = {"seconds": seconds, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     if distill is not None:
         out.update(weights=distill.teacher.weight_bytes(), params=distill.teacher.arch.num_params(),
                    teacher_flops=distill.extra_flops_per_token(trainer),
@@ -155,8 +159,8 @@ def main() -> int:
           f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}; 4 layers, FFN 4H, vocabulary {args.vocab}, "
           f"micro batch 4 x {args.seq} tokens, global batch 8; fp32")
     print("| hidden | teacher params | s/step plain | s/step distilled | ratio (median, min-max) | "
-          "teacher FLOPs share | teacher weights | logits per micro batch |")
-    print("|---|---|---|---|---|---|---|---|")
+          "teacher FLOPs share | teacher weights | logits per micro batch | peak RSS plain | distilled - plain |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         data = write_arithmetic_dataset(f"{tmp}/data_text_document", num_docs=2000, vocab=args.vocab,
                                         lengths=(50, 400))
@@ -176,7 +180,9 @@ def main() -> int:
             print(f"| {hidden} | {d['params']:,} | {statistics.median(p['seconds'] for p in plain):.3f} | "
                   f"{statistics.median(x['seconds'] for x in distilled):.3f} | {statistics.median(ratios):.2f} "
                   f"({min(ratios):.2f}-{max(ratios):.2f}) | {share:.1%} | {d['weights'] / GIB * 1024:.1f} MiB | "
-                  f"{logits / GIB * 1024:.1f} MiB |", flush=True)
+                  f"{logits / GIB * 1024:.1f} MiB | {statistics.median(p['peak_rss'] for p in plain) / GIB * 1024:.0f} MiB | "
+                  f"{(statistics.median(x['peak_rss'] for x in distilled) - statistics.median(p['peak_rss'] for p in plain)) / GIB * 1024:.0f} MiB |",
+                  flush=True)
     return 0
 
 
