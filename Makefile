@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.pap-installed
 TORCH_CPU := torch==2.13.0
 NPROC  ?= 4
 
-.PHONY: install demo test test-fast gpu-check corpus clean
+.PHONY: install demo test test-all test-fast gpu-check corpus clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,13 @@ demo: corpus
 	PYTHONWARNINGS=ignore $(PY) -m pap.generate runs/tiny_pap/hf
 	@echo "runs/tiny (source), runs/tiny_pap (pruned: checkpoints, pruning_events.jsonl, pruning.png, hf/)"
 
-# The whole suite, slow tests included (what CI runs).
+# What CI runs: everything but the tests marked `long` (the rest of the layout and dtype
+# matrices whose representatives run here), within CI's time.
 test: $(STAMP)
+	$(PY) -m pytest -q -m "not long" tests
+
+# The whole suite, `long` tests included.
+test-all: $(STAMP)
 	$(PY) -m pytest -q tests
 
 # Quick subset for local iteration.

@@ -27,7 +27,7 @@ With `--distill`, PAP + knowledge distillation from the source (docs/DISTILL.md;
 and (aBKD) is (aB) with the teacher; then (a) and (aB) are run again for as many steps as
 make their training FLOPs equal to their KD twin's (`a_pap_eqflops`, `aB_pap_eqflops`;
 FLOPs from each run's metrics: the step's FLOPs, teacher forward included, summed over
-steps), so the table compares them at equal tokens and at equal FLOPs.
+steps; the steps past T counted at the final shape's), so the table compares them at equal tokens and at equal FLOPs.
 `--skip-baselines` leaves out
 (a2), (a4), (b) and (c). Every pap run reports its validation loss right after the
 pruning stage as well as at T.
@@ -180,8 +180,10 @@ class Bench:
         def equal_flops(plain: str, distilled: str, update: str):
             """`plain` again, for as many steps as match `distilled`'s FLOPs."""
             name = f"{plain}_eqflops"
-            per_step = self.flops(plain) / a.iters
-            self.budgets[name] = round(self.flops(distilled) / per_step)
+            # The steps past T run at the final shape: the last step's FLOPs each.
+            last = self.records(plain)[-1]
+            final_step = last["throughput"] * last["iteration-time"] * 1e12
+            self.budgets[name] = a.iters + round((self.flops(distilled) - self.flops(plain)) / final_step)
             return pap(name, 2, 8, update)
 
         def oneshot_then_train():

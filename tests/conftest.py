@@ -14,3 +14,60 @@ def unused_port():
     from tests.helpers import free_port
 
     return free_port()
+
+
+# Tests marked `long` (run by `make test-all`, not by `make test` and CI): the rest of a
+# layout x dtype x mode matrix whose hardest cases stay in CI (TP2xPP2, the distributed
+# optimizer, bf16 at TP), and end-to-end runs that repeat what another CI test covers.
+# Listed here in one place so that what CI leaves out is visible (README, "Tests").
+LONG = {
+    "tests/distributed/test_layerwise_invariance.py": [
+        "test_same_removals_arch_and_weights[tp2-greedy]", "test_same_removals_arch_and_weights[tp2-adaptive]",
+        "test_same_removals_arch_and_weights[pp2-greedy]", "test_same_removals_arch_and_weights[pp2-adaptive]",
+        "test_same_removals_arch_and_weights[dp2_distopt-greedy]", "test_bf16_choices_differ_only_at_near_ties[adaptive]"],
+    "tests/distributed/test_local_round.py": [
+        "test_local_round_equals_gather_and_rebuild_bit_for_bit[fp32-tp2]",
+        "test_local_round_equals_gather_and_rebuild_bit_for_bit[fp32-tp2xdp2_distopt]",
+        "test_local_round_equals_gather_and_rebuild_bit_for_bit[bf16-tp2]",
+        "test_local_round_equals_gather_and_rebuild_bit_for_bit[bf16-pp2]",
+        "test_local_round_equals_gather_and_rebuild_bit_for_bit[bf16-dp2_distopt]"],
+    "tests/distributed/test_obs_update.py": [
+        "test_same_removals_weights_and_losses[tp2]", "test_same_removals_weights_and_losses[pp2]",
+        "test_same_removals_weights_and_losses_in_bf16[dp2_distopt]"],
+    "tests/distributed/test_parallel_equivalence.py": [
+        "test_matches_single_process[tp2-fp32]", "test_matches_single_process[tp2-bf16]",
+        "test_matches_single_process[pp2_tied-bf16]", "test_matches_single_process[dp2_tied-bf16]",
+        "test_matches_single_process[dp2_distributed_optimizer-bf16]"],
+    "tests/distributed/test_pruning_invariance.py": [
+        "test_same_removals_arch_and_weights[tp2]", "test_same_removals_arch_and_weights[pp2]",
+        "test_same_removals_arch_and_weights[dp2]", "test_same_removals_arch_and_weights_in_bf16[tp2]",
+        "test_same_removals_arch_and_weights_in_bf16[pp2]", "test_same_removals_arch_and_weights_in_bf16[dp2]"],
+    "tests/distributed/test_training_state.py": [
+        "test_bf16_round_keeps_masters_moments_and_step_bit_exact[attn-tp1]",
+        "test_bf16_round_keeps_masters_moments_and_step_bit_exact[ffn-tp1]",
+        "test_bf16_round_keeps_masters_moments_and_step_bit_exact[stem-tp1]"],
+    "tests/distributed/test_removal_exactness.py": [
+        "test_removal_exact_and_optimizer_state_kept[attn-tp1]", "test_removal_exact_and_optimizer_state_kept[ffn-tp1]"],
+    "tests/distributed/test_speed_settings.py": ["test_recomputation_reaches_megatron_and_keeps_the_losses[selective]"],
+    "tests/distributed/test_loss_term.py": ["test_a_zero_loss_term_changes_nothing_and_a_real_one_trains[1]"],
+    "tests/distributed/test_distill.py": [
+        "test_distillation_matches_plain_torch_on_one_process[tp2_T2]",
+        "test_distillation_matches_plain_torch_on_one_process[pp2_top5]"],
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    long = {f"{path}::{name}" for path, names in LONG.items() for name in names}
+    found = set()
+    for item in items:
+        if item.nodeid in long:
+            item.add_marker(pytest.mark.long)
+            found.add(item.nodeid)
+    # A renamed test must not drop out of the list unnoticed (checked when whole files were
+    # collected: no `-k`, no `file::test` selection).
+    if config.getoption("keyword") or any("::" in arg for arg in config.args):
+        return
+    collected = {item.nodeid.split("::")[0] for item in items}
+    missing = sorted(n for n in long - found if n.split("::")[0] in collected)
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py LONG names tests that do not exist: {missing}")
