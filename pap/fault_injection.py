@@ -32,4 +32,12 @@ def point(name: str) -> None:
         return
     _reached[name] += 1
     if _reached[name] == int(_COUNT or 1):
-        os.kill(os.getpid(), getattr(signal, os.environ.get("PAP_KILL_SIGNAL", "SIGKILL")))
+        number = getattr(signal, os.environ.get("PAP_KILL_SIGNAL", "SIGKILL"))
+        handler = signal.getsignal(number)
+        if callable(handler):
+            # A signal with a Python handler (Ctrl-C's KeyboardInterrupt): run it here, at this
+            # exact point. Sent with os.kill, Python would run it at the next bytecode, which
+            # may be inside a garbage-collection finalizer that swallows the exception.
+            handler(number, None)
+        else:
+            os.kill(os.getpid(), number)
