@@ -89,10 +89,15 @@ def test_adapt_recipe_is_the_469m_run_with_adaptive_layers():
     adapt, pap = load_config(RECIPES / "adapt_469m.yaml"), load_config(RECIPES / "pap_469m.yaml")
     assert (adapt.model, adapt.data, adapt.train) == (pap.model, pap.data, pap.train)
     pr = adapt.prune
-    assert pr.layers == "adaptive" and pr.metric == "first" and pr.increment == 0.05
+    # Adapt-Pruner as published: additive cumulative sparsity, delta = A = 0.02, KV-group unit.
+    assert pr.layers == "adaptive" and pr.metric == "first" and pr.adapt_rule == "published"
+    assert (pr.increment, pr.adapt_amplitude, pr.adapt_unit) == (0.02, 0.02, "group")
     arch = Arch.from_model_config(adapt.model)
-    fixed = arch.num_params() - sum(arch.layer_params(l) for l in range(arch.num_layers))
-    increments = math.ceil(math.log(pr.target_params / arch.num_params()) / math.log(1 - pr.increment))
+    layers = sum(arch.layer_params(l) for l in range(arch.num_layers))
+    fixed = arch.num_params() - layers
+    # Each increment removes about delta x the source's layer parameters (on budget within one
+    # unit: tests/unit/test_adapt_pruner.py).
+    increments = math.ceil((arch.num_params() - pr.target_params) / (pr.increment * layers))
     assert fixed < pr.target_params
     tokens = increments * pr.grad_steps * adapt.train.global_batch_size * adapt.data.seq_length
     assert abs(tokens - PAPER["pap_469m"][2]) <= 0.02 * PAPER["pap_469m"][2]
