@@ -1,40 +1,43 @@
-"""Does pruning while pretraining retain more than the alternatives? A small-scale replication.
+"""Does pruning while pretraining retain more than the alternatives? A small-scale replication, with seeds.
 
-    python bench/retention.py [--out runs/retention] [--quick]
+    python bench/retention.py [--out runs/retention] [--seeds 3] [--quick]
 
 On the embedded corpus (Python stdlib source, made on the spot if missing), one process
-per run, CPU:
+per run, CPU. Every row is run once per seed (`--seeds N`: train.seed = 1234, 1235, ...).
+A seed decides the source model's initialisation, the order of the training samples of
+every run (megatron's GPTDataset shuffle), the held-out samples of the validation loss
+(the same for every run of that seed), the one-shot run's calibration batches and the
+scratch run's initialisation. Each seed has its own source, so a row's spread includes
+the source's; comparisons are per-seed paired differences on the same validation set.
 
-0. pretrain a source model (configs/tiny.yaml's 5.0M-parameter shape) for `--source-iters`;
-then, every run with the same token budget T (`--iters` steps of the same batches) and
-the same validation set:
-(a)  pap: pruning-aware pretraining from the source to `--target` of its parameters,
-     k=2 gradient steps per round of p=8 removals, then plain training to T;
-(a2) the same with 2x fewer gradient steps per pruning step (k=1, p=8);
-(a4) the same with 4x fewer (k=1, p=16);
+0. source: pretrain configs/tiny.yaml's 5.0M-parameter shape for `--source-iters` steps;
+then, each with the same token budget T (`--iters` steps of 16 x 128 tokens), from the
+seed's source:
+(a)  pap (EfficientLLM-A): k=2 gradient steps per round of p=8 removals to `--target` of
+     the source's parameters, then plain training to T;
+(aB) the same with the OBS update (EfficientLLM-B, `prune.update: obs`);
 (b)  (a)'s final architecture, freshly initialised, trained for T (the source's LR recipe);
 (c)  one-shot pruning of the source to the same target with the same metric (saliency of
-     `--calib-batches` batches, no update), then plain training for T.
+     `--calib-batches` batches, no update), then plain training for T;
+(c=) and (b=): (c) and (b) trained on until their training FLOPs equal (a)'s (the pruning
+     stage trains a larger model than one-shot's or scratch's for the same tokens).
+`--step-ablation` adds (a2) k=1 : p=8 and (a4) k=1 : p=16 (2x and 4x fewer gradient
+steps per removal).
 
-With `--obs`, EfficientLLM-B against A: (aB) is (a) with `prune.update: obs`, and both
-are run again with the budget doubled (`a_pap_long`, `aB_pap_long`: 2T, the same pruning
-stage followed by a continued stage twice as long). With `--layers`, per-layer widths: (g) is (a) with `prune.layers: greedy` (one head or
-FFN channel of one layer per removal, so p = 8 x layers to remove as many groups per round), (ad) is Adapt-Pruner (`prune.layers: adaptive`,
-metric `first`, increments of 5% of the parameters every `--adaptive-k` steps), both at
-the same target and budget, with the resulting heads and FFN width of every layer.
-With `--distill`, PAP + knowledge distillation from the source (docs/DISTILL.md;
-`--distill-alpha`, temperature 1, the whole distribution, during both stages): (aKD) is (a)
-and (aBKD) is (aB) with the teacher; then (a) and (aB) are run again for as many steps as
-make their training FLOPs equal to their KD twin's (`a_pap_eqflops`, `aB_pap_eqflops`;
-FLOPs from each run's metrics: the step's FLOPs, teacher forward included, summed over
-steps; the steps past T counted at the final shape's), so the table compares them at equal tokens and at equal FLOPs.
-`--skip-baselines` leaves out
-(a2), (a4), (b) and (c). Every pap run reports its validation loss right after the
-pruning stage as well as at T.
+The regime sweep (default; `--no-sweep` leaves it out): the paper continues training for
+7-14x as long as the pruning stage. A shorter pruning stage (k=1 : p=20, about 40 steps
+to the target) is followed by a continued stage of m x `--sweep-stage` steps for m in
+1, 2, 4, 8, for A, B and one-shot at equal tokens, so every length is its own run with
+its own cosine schedule. A pruning stage of (a)'s 190 steps would make the 8x runs 1,700
+steps each; the shorter stage keeps the default bench (3 seeds) to about two hours here.
 
-Prints a Markdown table (also written to OUT/results.md) of parameters, pruning-stage
-length and validation loss. Runs two processes at a time on a 2-core machine; rerunning
-skips the runs already complete (each run resumes or reuses its checkpoint directory).
+`--layers`: per-layer widths at `--layers-target` (u uniform, g greedy, ad Adapt-Pruner
+with its published defaults). `--distill`: PAP + knowledge distillation from the source
+(docs/DISTILL.md) for A and B, and A and B trained on to their KD twin's FLOPs.
+
+Writes OUT/results.md (the tables and the environment: corpus hash, CPU, torch and
+megatron-core versions), OUT/results.json (every run's per-seed figures) and
+OUT/regime.png. Runs `--parallel` runs at a time; rerunning skips finished runs.
 """
 
 from __future__ import annotations
@@ -42,26 +45,34 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from bench.retention_report import Report, environment  # noqa: E402
+
 CORPUS = REPO / "data/embedded/stdlib_text_document"
+FIRST_SEED = 1234
+SWEEP = (1, 2, 4, 8)
+SWEEP_QUICK = (1, 2)
+SWEEP_PRUNE_STEPS = 20  # p of the sweep's k=1 rounds: about 40 steps to the 0.35 target
+MICRO, SEQ = 16, 128
 
 
-def base_config(args) -> dict:
+def base_config(seed: int) -> dict:
     """configs/tiny.yaml's model and data, one process, one micro-batch per step."""
     tiny = yaml.safe_load((REPO / "configs/tiny.yaml").read_text())
     return {"model": tiny["model"], "parallel": {"tp": 1, "pp": 1},
-            "train": {"micro_batch_size": 16, "global_batch_size": 16, "eval_interval": 0, "eval_iters": 8,
-                      "lr_decay_style": "cosine"},
-            "data": {"blend": [str(CORPUS)], "split": "98,2,0", "seq_length": 128},
+            "train": {"micro_batch_size": MICRO, "global_batch_size": MICRO, "eval_interval": 0, "eval_iters": 8,
+                      "lr_decay_style": "cosine", "seed": seed},
+            "data": {"blend": [str(CORPUS)], "split": "98,2,0", "seq_length": SEQ},
             "log": {"interval": 50}, "checkpoint": {"save_interval": 0, "save_at_end": True}}
 
 
@@ -76,274 +87,345 @@ def merged(base: dict, **sections) -> dict:
     return out
 
 
+Task = Tuple[Tuple[int, str], List[Tuple[int, str]], Callable[[], None]]
+
+
+def run_graph(tasks: Sequence[Task], parallel: int) -> None:
+    """Run `tasks` (key, dependencies, function) `parallel` at a time, each once its
+    dependencies are done, in list order among those ready."""
+    done, running = set(), {}
+    pending = list(tasks)
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        while pending or running:
+            for task in list(pending):
+                key, deps, fn = task
+                if len(running) < parallel and all(d in done for d in deps):
+                    running[pool.submit(fn)] = key
+                    pending.remove(task)
+            if not running:
+                missing = sorted({d for _, deps, _ in pending for d in deps} - done)
+                raise SystemExit(f"error: tasks wait on runs that are not scheduled: {missing}")
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                future.result()
+                done.add(running.pop(future))
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
         self.out = Path(args.out).resolve()
         self.out.mkdir(parents=True, exist_ok=True)
-        self.base = base_config(args)
+        self.seeds = [FIRST_SEED + i for i in range(args.seeds)]
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-        self.seconds = {}
-        self.budgets = {}
-        """Steps of runs whose budget is not T (`*_long`: 2T; `*_eqflops`: measured)."""
+        self.budgets: Dict[Tuple[int, str], int] = {}
+        """Steps of runs whose budget is computed (equal FLOPs) or not T (the sweep)."""
+        self.multiples = SWEEP_QUICK if args.quick else SWEEP
+        self.report = Report(self.seeds, self.run_dir, self.steps_of)
 
-    def train(self, name: str, cfg: dict) -> Path:
-        """Run `pap.train` for `cfg` in OUT/name (skipped when already finished)."""
-        run_dir = self.out / name
+    # --- runs ----------------------------------------------------------------------------
+    def run_dir(self, seed: int, name: str) -> Path:
+        return self.out / f"seed_{seed}" / name
+
+    def steps_of(self, seed: int, name: str) -> int:
+        if name == "source":
+            return self.args.source_iters
+        if (seed, name) in self.budgets:
+            return self.budgets[(seed, name)]
+        for m in self.multiples:
+            if name.endswith(f"_sweep{m}x"):
+                return (1 + m) * self.args.sweep_stage
+        if name.endswith("_eqflops"):
+            # Computed when its run is scheduled; a finished run's is in its config.
+            config = self.run_dir(seed, name).with_suffix(".yaml")
+            if config.is_file():
+                return yaml.safe_load(config.read_text())["train"]["iters"]
+        return self.args.iters
+
+    def train(self, seed: int, name: str, cfg: dict) -> None:
+        """Run `pap.train` for `cfg` in OUT/seed_S/name (skipped when already finished)."""
+        run_dir = self.run_dir(seed, name)
         cfg = merged(cfg, checkpoint={"dir": str(run_dir)})
-        config = self.out / f"{name}.yaml"
+        if self.report.final_loss(seed, name) is not None:
+            return
+        config = run_dir.with_suffix(".yaml")
+        config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(yaml.safe_dump(cfg))
-        if self.final_loss(name) is not None:
-            return run_dir
-        start = time.time()
-        self.command(name, [sys.executable, "-m", "pap.train", "--config", str(config)])
-        self.seconds[name] = time.time() - start
-        return run_dir
+        self.command(seed, name, [sys.executable, "-m", "pap.train", "--config", str(config)])
 
-    def command(self, name: str, cmd: list) -> None:
-        log = self.out / f"{name}.log"
-        print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(cmd[1:4])} ... (log {log})", flush=True)
+    def command(self, seed: int, name: str, cmd: list) -> None:
+        log = self.run_dir(seed, name).with_suffix(".log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        print(f"[{time.strftime('%H:%M:%S')}] seed {seed} {name}: {' '.join(cmd[1:4])} ... (log {log})", flush=True)
         with open(log, "a") as f:
             done = subprocess.run(cmd, cwd=REPO, env=self.env, stdout=f, stderr=subprocess.STDOUT)
         if done.returncode:
-            sys.exit(f"error: {name} failed (status {done.returncode}); see {log}")
+            raise SystemExit(f"error: seed {seed} {name} failed (status {done.returncode}); see {log}")
 
-    def final_loss(self, name: str):
-        metrics = self.out / name / "metrics.jsonl"
-        if not metrics.is_file():
-            return None
-        losses = [r["lm loss validation"] for r in map(json.loads, metrics.read_text().splitlines())
-                  if "lm loss validation" in r and r["iteration"] == self.iters_of(name)]
-        return losses[-1] if losses else None
-
-    def iters_of(self, name: str) -> int:
-        if name == "source":
-            return self.args.source_iters
-        if name in self.budgets:
-            return self.budgets[name]
-        return 2 * self.args.iters if name.endswith("_long") else self.args.iters
-
-    def records(self, name: str) -> list:
-        metrics = self.out / name / "metrics.jsonl"
-        return [r for r in map(json.loads, metrics.read_text().splitlines()) if "lm loss" in r] \
-            if metrics.is_file() else []
-
-    def flops(self, name: str) -> float:
-        """Training FLOPs of run `name`: each step's logged throughput (TFLOP/s per process,
-        teacher forward included) times its time, summed over steps (one process)."""
-        return sum(r["throughput"] * r["iteration-time"] * 1e12 for r in self.records(name))
-
-    def step_seconds(self, name: str) -> float:
-        """Median seconds per step of run `name`."""
-        import statistics
-
-        return statistics.median(r["iteration-time"] for r in self.records(name))
-
-    def teacher_line(self, name: str) -> str:
-        """The run's start line about its teacher (weights and logits memory)."""
-        log = self.out / f"{name}.log"
-        lines = [l for l in log.read_text().splitlines() if "distill: teacher" in l] if log.is_file() else []
-        return lines[-1].split("): ", 1)[-1].split(";")[0] if lines else "—"
-
-    def loss_at(self, name: str, iteration: int):
-        """Validation loss logged at `iteration` (the first report there), or None."""
-        metrics = self.out / name / "metrics.jsonl"
-        rows = [r for r in map(json.loads, metrics.read_text().splitlines())
-                if "lm loss validation" in r and r["iteration"] == iteration] if metrics.is_file() else []
-        return rows[0]["lm loss validation"] if rows else None
-
-    def params(self, name: str) -> int:
-        from pap import checkpoint
-
-        return checkpoint.read(str(self.out / name)).arch.num_params()
-
-    def pruning_stage(self, name: str):
-        events = self.out / name / "pruning_events.jsonl"
-        if not events.is_file():
-            return None
-        lines = events.read_text().splitlines()
-        return json.loads(lines[-1])["iteration"], len(lines)
-
-    def run(self) -> str:
+    def tasks(self) -> List[Task]:
         a = self.args
-        source_lr = schedule(a.source_iters, 3e-3, 3e-4)
-        derived_lr = schedule(a.iters, 1e-3, 1e-4)
-        source = self.train("source", merged(self.base, train=source_lr))
-        from_source = merged(self.base, train=derived_lr, checkpoint={"init_from": str(source)})
+        tasks: List[Task] = []
 
-        def pap(name, k, p, update="none", budget=1, distill=None, **prune):
-            steps = self.budgets.get(name, budget * a.iters)
-            return self.train(name, merged(from_source, train=schedule(steps, 1e-3, 1e-4), prune={
-                "enabled": True, "metric": a.metric, "target_params": a.target, "grad_steps": k, "prune_steps": p,
-                "update": update, **prune}, **({"distill": distill} if distill else {})))
+        def add(name, deps, fn, seeds=None):
+            for seed in seeds or self.seeds:
+                tasks.append(((seed, name), [(seed, d) for d in deps], (lambda s=seed: fn(s))))
 
-        def equal_flops(plain: str, distilled: str, update: str):
-            """`plain` again, for as many steps as match `distilled`'s FLOPs."""
-            name = f"{plain}_eqflops"
-            # The steps past T run at the final shape: the last step's FLOPs each.
-            last = self.records(plain)[-1]
-            final_step = last["throughput"] * last["iteration-time"] * 1e12
-            self.budgets[name] = a.iters + round((self.flops(distilled) - self.flops(plain)) / final_step)
-            return pap(name, 2, 8, update)
+        def source(seed):
+            self.train(seed, "source", merged(base_config(seed), train=schedule(a.source_iters, 3e-3, 3e-4)))
 
-        def oneshot_then_train():
-            ckpt = self.out / "oneshot_ckpt"
-            if not (ckpt / "latest_checkpointed_iteration.txt").is_file():
-                self.command("oneshot_ckpt", [sys.executable, "-m", "pap.baselines", "oneshot", "--config",
-                                              str(self.out / "source.yaml"), "--source", str(source), "--target",
-                                              str(a.target), "--calib-batches", str(a.calib_batches), "--out",
-                                              str(ckpt), f"prune.metric={a.metric}"])
-            return self.train("c_oneshot", merged(self.base, train=derived_lr, checkpoint={"init_from": str(ckpt)}))
+        def from_source(seed, steps):
+            return merged(base_config(seed), train=schedule(steps, 1e-3, 1e-4),
+                          checkpoint={"init_from": str(self.run_dir(seed, "source"))})
 
-        with ThreadPoolExecutor(max_workers=a.parallel) as pool:
-            if a.obs:
-                jobs = [pool.submit(pap, "a_pap", 2, 8), pool.submit(pap, "aB_pap", 2, 8, "obs"),
-                        pool.submit(pap, "a_pap_long", 2, 8, "none", 2), pool.submit(pap, "aB_pap_long", 2, 8, "obs", 2)]
-                for job in jobs:
-                    job.result()
-            if a.distill:
-                teacher = {"enabled": True, "alpha": a.distill_alpha, "temperature": 1.0, "during": "both"}
-                jobs = [pool.submit(pap, "a_pap", 2, 8), pool.submit(pap, "aB_pap", 2, 8, "obs"),
-                        pool.submit(pap, "aKD_pap", 2, 8, distill=teacher),
-                        pool.submit(pap, "aBKD_pap", 2, 8, "obs", distill=teacher)]
-                for job in jobs:
-                    job.result()
-                jobs = [pool.submit(equal_flops, "a_pap", "aKD_pap", "none"),
-                        pool.submit(equal_flops, "aB_pap", "aBKD_pap", "obs")]
-                for job in jobs:
-                    job.result()
-            if a.layers:
-                # Adapt-Pruner prunes heads and FFN channels only, so the three modes meet at a
-                # target every one of them can reach (`--layers-target`). One greedy removal
-                # takes one layer's group where a uniform one takes every layer's: p = 8 x layers
-                # removes as many groups per round as the uniform run.
-                layers = self.base["model"]["num_layers"]
-                target = {"target_params": a.layers_target}
-                jobs = [pool.submit(pap, "u_pap", 2, 8, **target),
-                        pool.submit(pap, "g_pap", 2, 8 * layers, layers="greedy", **target),
-                        pool.submit(pap, "ad_pap", a.adaptive_k, 1, layers="adaptive", metric="first",
-                                    increment=0.05, **target)]
-                for job in jobs:
-                    job.result()
-            if a.skip_baselines:
-                pap("a_pap", 2, 8)
-                return self.table()
-            for job in [pool.submit(pap, "a_pap", 2, 8), pool.submit(pap, "a2_pap", 1, 8)]:
-                job.result()
-            jobs = [pool.submit(pap, "a4_pap", 1, 16), pool.submit(oneshot_then_train)]
-            scratch_ckpt = self.out / "scratch_ckpt"
-            if not (scratch_ckpt / "latest_checkpointed_iteration.txt").is_file():
-                self.command("scratch_ckpt", [sys.executable, "-m", "pap.baselines", "scratch", "--config",
-                                              str(self.out / "source.yaml"), "--arch-from", str(self.out / "a_pap"),
-                                              "--out", str(scratch_ckpt)])
-            jobs.append(pool.submit(self.train, "b_scratch", merged(
-                self.base, train=schedule(a.iters, 3e-3, 3e-4), checkpoint={"init_from": str(scratch_ckpt)})))
-            for job in jobs:
-                job.result()
-        return self.table()
+        def pap(name, k, p, update="none", distill=None, **prune):
+            def fn(seed):
+                cfg = merged(from_source(seed, self.steps_of(seed, name)), prune={
+                    "enabled": True, "metric": a.metric, "target_params": a.target, "grad_steps": k,
+                    "prune_steps": p, "update": update, **prune})
+                self.train(seed, name, merged(cfg, **({"distill": distill} if distill else {})))
+            return fn
 
-    def table(self) -> str:
-        a = self.args
-        tokens = a.iters * 16 * 128
-        rows = [("source (trained from scratch)", "source", "—"),
-                ("(a) pap, k=2 : p=8", "a_pap", None),
-                ("(aB) pap + OBS update (EfficientLLM-B), k=2 : p=8", "aB_pap", None),
-                ("(a2) pap, k=1 : p=8 (2x fewer steps per removal)", "a2_pap", None),
-                ("(a4) pap, k=1 : p=16 (4x fewer)", "a4_pap", None),
-                ("(b) (a)'s architecture from scratch", "b_scratch", "—"),
-                ("(c) one-shot pruning of the source, then training", "c_oneshot", "0 (one shot)"),
-                ("(a) at 2T", "a_pap_long", None), ("(aB) at 2T", "aB_pap_long", None),
-                (f"(u) uniform layers (as a), target {a.layers_target}", "u_pap", None),
-                (f"(g) greedy layers, k=2 : p=8 x layers, target {a.layers_target}", "g_pap", None),
-                (f"(ad) adaptive layers (Adapt-Pruner: metric first, 5% increments every {a.adaptive_k} steps), "
-                 f"target {a.layers_target}", "ad_pap", None)]
-        lines = [f"T = {a.iters} steps x 16 x 128 = {tokens:,} tokens per derived run (source: {a.source_iters} steps); "
-                 f"target {a.target} of the source; metric {a.metric}; validation loss on 8 x 16 x 128 held-out tokens.",
-                 "", "| run | parameters | pruning stage (steps, removals) | validation loss after the pruning stage "
-                 "| validation loss at the end | wall s |", "|---|---|---|---|---|---|"]
-        for label, name, stage in rows:
-            if self.final_loss(name) is None:
-                continue
-            after_stage = "—"
-            if stage is None:
-                last, count = self.pruning_stage(name)
-                stage = f"{last} steps, {count} removals"
-                value = self.loss_at(name, last)
-                after_stage = f"{value:.4f}" if value is not None else "—"
-            seconds = self.seconds.get(name)
-            wall = f"{seconds:.0f}" if seconds else "(earlier run)"
-            lines.append(f"| {label} | {self.params(name):,} | {stage} | {after_stage} | "
-                         f"{self.final_loss(name):.4f} | {wall} |")
-        if self.final_loss("aKD_pap") is not None:
-            lines += self.distill_table()
-        shaped = [(label, name) for label, name, _ in rows if name in ("u_pap", "g_pap", "ad_pap")
-                  and self.final_loss(name) is not None]
-        if len(shaped) > 1:
-            lines += ["", "| run | query heads per layer | FFN width per layer | hidden |", "|---|---|---|---|"]
+        def oneshot_ckpt(seed):
+            ckpt = self.run_dir(seed, "oneshot_ckpt")
+            if (ckpt / "latest_checkpointed_iteration.txt").is_file():
+                return
+            self.command(seed, "oneshot_ckpt", [
+                sys.executable, "-m", "pap.baselines", "oneshot", "--config", str(self.run_dir(seed, "source.yaml")),
+                "--source", str(self.run_dir(seed, "source")), "--target", str(a.target), "--calib-batches",
+                str(a.calib_batches), "--out", str(ckpt), f"prune.metric={a.metric}"])
+
+        def scratch_ckpt(seed):
+            ckpt = self.run_dir(seed, "scratch_ckpt")
+            if (ckpt / "latest_checkpointed_iteration.txt").is_file():
+                return
+            self.command(seed, "scratch_ckpt", [
+                sys.executable, "-m", "pap.baselines", "scratch", "--config", str(self.run_dir(seed, "source.yaml")),
+                "--arch-from", str(self.run_dir(seed, "a_pap")), "--out", str(ckpt)])
+
+        def fixed_shape(name, init, lr=(1e-3, 1e-4)):
+            def fn(seed):
+                steps = self.steps_of(seed, name)
+                self.train(seed, name, merged(base_config(seed), train=schedule(steps, *lr),
+                                              checkpoint={"init_from": str(self.run_dir(seed, init))}))
+            return fn
+
+        def equal_flops(name, plain, reference, run):
+            """`run` for `name`: `plain` trained on until its FLOPs equal `reference`'s."""
+            def fn(seed):
+                if not self.run_dir(seed, name).with_suffix(".yaml").is_file():
+                    extra = self.report.flops(seed, reference) - self.report.flops(seed, plain)
+                    self.budgets[(seed, name)] = self.steps_of(seed, plain) + max(
+                        0, round(extra / self.report.last_step_flops(seed, plain)))
+                run(seed)
+            return fn
+
+        add("source", [], source)
+        add("a_pap", ["source"], pap("a_pap", 2, 8))
+        add("aB_pap", ["source"], pap("aB_pap", 2, 8, "obs"))
+        if not a.skip_baselines:
+            add("oneshot_ckpt", ["source"], oneshot_ckpt)
+            add("c_oneshot", ["oneshot_ckpt"], fixed_shape("c_oneshot", "oneshot_ckpt"))
+            add("scratch_ckpt", ["a_pap"], scratch_ckpt)
+            add("b_scratch", ["scratch_ckpt"], fixed_shape("b_scratch", "scratch_ckpt", (3e-3, 3e-4)))
+            add("c_oneshot_eqflops", ["a_pap", "c_oneshot"],
+                equal_flops("c_oneshot_eqflops", "c_oneshot", "a_pap", fixed_shape("c_oneshot_eqflops", "oneshot_ckpt")))
+            add("b_scratch_eqflops", ["a_pap", "b_scratch"],
+                equal_flops("b_scratch_eqflops", "b_scratch", "a_pap",
+                            fixed_shape("b_scratch_eqflops", "scratch_ckpt", (3e-3, 3e-4))))
+        if a.step_ablation:
+            add("a2_pap", ["source"], pap("a2_pap", 1, 8))
+            add("a4_pap", ["source"], pap("a4_pap", 1, 16))
+        if a.sweep:
+            # Longest first: the 8x runs decide the bench's wall time.
+            for m in sorted(self.multiples, reverse=True):
+                add(f"sA_sweep{m}x", ["source"], pap(f"sA_sweep{m}x", 1, SWEEP_PRUNE_STEPS))
+                add(f"sB_sweep{m}x", ["source"], pap(f"sB_sweep{m}x", 1, SWEEP_PRUNE_STEPS, "obs"))
+                if not a.skip_baselines:
+                    add(f"sC_sweep{m}x", ["oneshot_ckpt"], fixed_shape(f"sC_sweep{m}x", "oneshot_ckpt"))
+        if a.layers:
+            layers = base_config(FIRST_SEED)["model"]["num_layers"]
+            target = {"target_params": a.layers_target}
+            add("u_pap", ["source"], pap("u_pap", 2, 8, **target))
+            # One greedy removal takes one layer's group where a uniform one takes every
+            # layer's: p = 8 x layers removes as many groups per round.
+            add("g_pap", ["source"], pap("g_pap", 2, 8 * layers, layers="greedy", **target))
+            # Adapt-Pruner with pap's defaults, which are its published ones (docs/PRUNING.md).
+            add("ad_pap", ["source"], pap("ad_pap", a.adaptive_k, 1, layers="adaptive", metric="first", **target))
+        if a.distill:
+            teacher = {"enabled": True, "alpha": a.distill_alpha, "temperature": 1.0, "during": "both"}
+            add("aKD_pap", ["source"], pap("aKD_pap", 2, 8, distill=teacher))
+            add("aBKD_pap", ["source"], pap("aBKD_pap", 2, 8, "obs", distill=teacher))
+            add("a_pap_eqflops", ["a_pap", "aKD_pap"],
+                equal_flops("a_pap_eqflops", "a_pap", "aKD_pap", pap("a_pap_eqflops", 2, 8)))
+            add("aB_pap_eqflops", ["aB_pap", "aBKD_pap"],
+                equal_flops("aB_pap_eqflops", "aB_pap", "aBKD_pap", pap("aB_pap_eqflops", 2, 8, "obs")))
+        # Every seed's row before the next row: an interrupted bench has whole rows.
+        order = {name: i for i, name in enumerate(dict.fromkeys(key[1] for key, _, _ in tasks))}
+        return sorted(tasks, key=lambda t: (order[t[0][1]], t[0][0]))
+
+    # --- report --------------------------------------------------------------------------
+    def tables(self) -> str:
+        a, r = self.args, self.report
+        tokens = a.iters * MICRO * SEQ
+        lines = [f"Seeds: {', '.join(map(str, self.seeds))}. T = {a.iters} steps x {MICRO} x {SEQ} = {tokens:,} tokens "
+                 f"per derived run (source: {a.source_iters} steps); target {a.target} of the source; metric {a.metric}; "
+                 f"validation loss on 8 x {MICRO} x {SEQ} held-out tokens (the seed's). Cells: median [min, max] "
+                 f"over seeds.", ""]
+        lines += r.rows_table([
+            ("source (trained from scratch)", "source"),
+            ("(a) pap, k=2 : p=8", "a_pap"),
+            ("(aB) pap + OBS update (EfficientLLM-B), k=2 : p=8", "aB_pap"),
+            ("(a2) pap, k=1 : p=8 (2x fewer steps per removal)", "a2_pap"),
+            ("(a4) pap, k=1 : p=16 (4x fewer)", "a4_pap"),
+            ("(b) (a)'s architecture from scratch", "b_scratch"),
+            ("(b=) (b) at (a)'s FLOPs", "b_scratch_eqflops"),
+            ("(c) one-shot pruning of the source, then training", "c_oneshot"),
+            ("(c=) (c) at (a)'s FLOPs", "c_oneshot_eqflops")])
+        lines += ["", "Paired differences of the final validation loss, per seed (x - y; negative: x is lower). "
+                      "FLOPs x / y: training FLOPs.", ""]
+        lines += r.comparisons_table([
+            ("(aB) B vs (a) A", "tokens", "aB_pap", "a_pap"),
+            ("(a) A vs (c) one-shot", "tokens", "a_pap", "c_oneshot"),
+            ("(a) A vs (c=) one-shot", "FLOPs", "a_pap", "c_oneshot_eqflops"),
+            ("(aB) B vs (c) one-shot", "tokens", "aB_pap", "c_oneshot"),
+            ("(aB) B vs (c=) one-shot", "FLOPs (of A)", "aB_pap", "c_oneshot_eqflops"),
+            ("(a) A vs (b) scratch", "tokens", "a_pap", "b_scratch"),
+            ("(a) A vs (b=) scratch", "FLOPs", "a_pap", "b_scratch_eqflops"),
+            ("(c) one-shot vs (b) scratch", "tokens", "c_oneshot", "b_scratch"),
+            ("(a) A vs source", "— (A starts from it)", "a_pap", "source"),
+            ("(a2) vs (a)", "tokens", "a2_pap", "a_pap"),
+            ("(a4) vs (a)", "tokens", "a4_pap", "a_pap")])
+        if a.sweep:
+            runs = {"A (pap)": lambda m: f"sA_sweep{m}x", "B (pap + OBS)": lambda m: f"sB_sweep{m}x",
+                    "one-shot": lambda m: f"sC_sweep{m}x"}
+            lines += ["", f"Regime sweep: pruning stage k=1 : p={SWEEP_PRUNE_STEPS} (planned {a.sweep_stage} steps), then a continued "
+                          f"stage of m x {a.sweep_stage} steps; one-shot trains the same tokens. Gaps: per-seed paired "
+                          "differences, median [range], and in how many seeds the first is lower.", ""]
+            lines += r.sweep_table(self.multiples, a.sweep_stage, runs)
+            lines += ["", "Pruning stages of the sweep's runs (median [range] over seeds and lengths): "
+                      + self._stage_summary([f"s{x}_sweep{m}x" for x in "AB" for m in self.multiples])]
+            if r.sweep_plot(self.multiples, runs, self.out / "regime.png"):
+                lines += ["", f"Plot: {self.out / 'regime.png'}"]
+        if a.layers:
+            lines += ["", f"Per-layer widths at target {a.layers_target}:", ""]
+            lines += r.rows_table([("(u) uniform layers, k=2 : p=8", "u_pap"),
+                                   (f"(g) greedy layers, k=2 : p=8 x layers", "g_pap"),
+                                   (f"(ad) Adapt-Pruner (published defaults), an increment every {a.adaptive_k} steps",
+                                    "ad_pap")])
+            lines += [""] + r.comparisons_table([("(g) greedy vs (u) uniform", "tokens", "g_pap", "u_pap"),
+                                                 ("(ad) adaptive vs (u) uniform", "tokens", "ad_pap", "u_pap")])
+            lines += ["", "| run | seed | query heads per layer | KV heads per layer | FFN width per layer | hidden |",
+                      "|---|---|---|---|---|---|"]
             from pap import checkpoint
 
-            for label, name in shaped:
-                arch = checkpoint.read(str(self.out / name)).arch
-                heads = [arch.num_heads(l) for l in range(arch.num_layers)]
-                lines.append(f"| {label} | {heads} | {arch.ffn} | {arch.hidden_size} |")
-        oneshot_log = self.out / "oneshot_ckpt.log"
-        if oneshot_log.is_file():
-            text = oneshot_log.read_text()
-            after_oneshot = float(text.split("validation loss ")[1].split(" before, ")[1].split(" after")[0])
-            lines += ["", f"One-shot model right after pruning, before training: validation loss {after_oneshot:.4f} "
-                          f"({self.params('oneshot_ckpt'):,} parameters)."]
-        lines += ["", f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, CPU only."]
+            for label, name in (("(u)", "u_pap"), ("(g)", "g_pap"), ("(ad)", "ad_pap")):
+                for seed in sorted(r.per_seed(name)):
+                    arch = checkpoint.read(str(self.run_dir(seed, name))).arch
+                    lines.append(f"| {label} | {seed} | {[arch.num_heads(l) for l in range(arch.num_layers)]} | "
+                                 f"{[arch.num_kv_heads(l) for l in range(arch.num_layers)]} | {arch.ffn} | "
+                                 f"{arch.hidden_size} |")
+        if a.distill:
+            lines += ["", f"Distillation from the source (alpha {a.distill_alpha}, T 1): FLOPs count the teacher's "
+                          "forward too.", ""]
+            lines += r.rows_table([("(a) pap", "a_pap"), ("(aKD) pap + KD", "aKD_pap"),
+                                   ("(a=) (a) at (aKD)'s FLOPs", "a_pap_eqflops"), ("(aB) pap + OBS", "aB_pap"),
+                                   ("(aBKD) pap + OBS + KD", "aBKD_pap"),
+                                   ("(aB=) (aB) at (aBKD)'s FLOPs", "aB_pap_eqflops")])
+            lines += [""] + r.comparisons_table([("(aKD) vs (a)", "tokens", "aKD_pap", "a_pap"),
+                                                 ("(aKD) vs (a=)", "FLOPs", "aKD_pap", "a_pap_eqflops"),
+                                                 ("(aBKD) vs (aB)", "tokens", "aBKD_pap", "aB_pap"),
+                                                 ("(aBKD) vs (aB=)", "FLOPs", "aBKD_pap", "aB_pap_eqflops")])
+        after = self._oneshot_after()
+        if after:
+            lines += ["", f"One-shot model right after pruning, before training: validation loss {after}."]
         return "\n".join(lines)
 
+    def _stage_summary(self, names: Sequence[str]) -> str:
+        from bench.retention_report import median_range
 
-    def distill_table(self) -> list:
-        """PAP + KD against PAP at equal tokens and at equal FLOPs."""
-        lines = ["", f"Distillation from the source (alpha {self.args.distill_alpha}, T 1): FLOPs count each step's "
-                     "forward and backward at its shape, plus the teacher's forward.", "",
-                 "| run | steps | training FLOPs | s/step (median) | pruning stage (steps, removals) | "
-                 "validation loss at the end | teacher on the rank |", "|---|---|---|---|---|---|---|"]
-        for label, name in (("(a) pap", "a_pap"), ("(aKD) pap + KD", "aKD_pap"),
-                            ("(a) pap at (aKD)'s FLOPs", "a_pap_eqflops"), ("(aB) pap + OBS", "aB_pap"),
-                            ("(aBKD) pap + OBS + KD", "aBKD_pap"), ("(aB) pap + OBS at (aBKD)'s FLOPs", "aB_pap_eqflops")):
-            if self.final_loss(name) is None:
-                continue
-            last, count = self.pruning_stage(name)
-            lines.append(f"| {label} | {self.iters_of(name)} | {self.flops(name):.3e} | {self.step_seconds(name):.3f} | "
-                         f"{last} steps, {count} removals | {self.final_loss(name):.4f} | {self.teacher_line(name)} |")
-        return lines
+        stages = [self.report.pruning_stage(s, n) for s in self.seeds for n in names
+                  if self.report.final_loss(s, n) is not None]
+        stages = [st for st in stages if st]
+        return (f"{median_range([st[0] for st in stages], 0)} steps, {median_range([st[1] for st in stages], 0)} "
+                f"removals") if stages else "—"
+
+    def _oneshot_after(self) -> str:
+        from bench.retention_report import median_range
+
+        values = []
+        for seed in self.seeds:
+            log = self.run_dir(seed, "oneshot_ckpt").with_suffix(".log")
+            if log.is_file() and " before, " in log.read_text():
+                text = log.read_text()
+                values.append(float(text.split("validation loss ")[1].split(" before, ")[1].split(" after")[0]))
+        return median_range(values) if values else ""
+
+    def results_json(self, names: Sequence[str]) -> dict:
+        r = self.report
+        runs = {}
+        for name in names:
+            per = {}
+            for seed in self.seeds:
+                final = r.final_loss(seed, name)
+                if final is None:
+                    continue
+                stage = r.pruning_stage(seed, name)
+                per[str(seed)] = {"final_loss": final, "after_stage_loss": r.after_stage(seed, name),
+                                  "steps": self.steps_of(seed, name), "flops": r.flops(seed, name),
+                                  "params": r.params(seed, name), "pruning_stage": stage}
+            if per:
+                runs[name] = per
+        return runs
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/retention")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per row (train.seed 1234, 1235, ...)")
     parser.add_argument("--source-iters", type=int, default=300)
     parser.add_argument("--iters", type=int, default=300, help="the token budget T, in steps of 16 x 128 tokens")
     parser.add_argument("--target", type=float, default=0.35)
     parser.add_argument("--metric", default="mix")
     parser.add_argument("--calib-batches", type=int, default=8)
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time")
-    parser.add_argument("--obs", action="store_true", help="add EfficientLLM-B (prune.update=obs) vs A, at T and 2T")
-    parser.add_argument("--layers", action="store_true", help="add greedy and adaptive per-layer pruning")
+    parser.add_argument("--no-sweep", dest="sweep", action="store_false",
+                        help="leave out the regime sweep (continued stage 1-8x the pruning stage)")
+    parser.add_argument("--sweep-stage", type=int, default=40,
+                        help="the sweep's planned pruning-stage length in steps; continued stages are multiples of it")
+    parser.add_argument("--step-ablation", action="store_true", help="add (a2) and (a4): fewer steps per removal")
+    parser.add_argument("--layers", action="store_true", help="add uniform, greedy and adaptive per-layer pruning")
     parser.add_argument("--layers-target", type=float, default=0.6, help="target of the --layers runs")
     parser.add_argument("--adaptive-k", type=int, default=9, help="steps between adaptive increments")
     parser.add_argument("--distill", action="store_true",
                         help="add PAP + KD (A and B) against PAP at equal tokens and equal FLOPs")
     parser.add_argument("--distill-alpha", type=float, default=0.5, help="distill.alpha of the --distill runs")
-    parser.add_argument("--skip-baselines", action="store_true", help="only the source and the pap runs")
-    parser.add_argument("--quick", action="store_true", help="a ~3-minute smoke run (tiny budgets)")
+    parser.add_argument("--skip-baselines", action="store_true", help="leave out one-shot and scratch")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of a few minutes (tiny budgets)")
     args = parser.parse_args()
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
     if args.quick:
-        args.source_iters, args.iters, args.target, args.calib_batches = 30, 30, 0.8, 2
+        args.source_iters, args.iters, args.target, args.calib_batches, args.sweep_stage = 20, 20, 0.9, 2, 10
     if not (REPO / f"{CORPUS}.meta.json").is_file():
         subprocess.run([sys.executable, "-m", "data_prep.embedded_corpus", "--output", str(CORPUS.parent)],
                        cwd=REPO, check=True)
     start = time.time()
-    table = Bench(args).run()
-    text = f"```bash\npython bench/retention.py {' '.join(sys.argv[1:])}\n```\n\n{table}\n\nWall time: {time.time() - start:.0f} s\n"
+    bench = Bench(args)
+    tasks = bench.tasks()
+    print(f"retention bench: {len(tasks)} runs ({len(bench.seeds)} seeds), {args.parallel} at a time, in {bench.out}",
+          flush=True)
+    run_graph(tasks, args.parallel)
+    env = environment(CORPUS)
+    table = bench.tables()
+    env_lines = "\n".join(f"- {k}: {v}" for k, v in env.items())
+    text = (f"```bash\npython bench/retention.py {' '.join(sys.argv[1:])}\n```\n\n{table}\n\n"
+            f"Environment:\n{env_lines}\n\nWall time of this invocation: {time.time() - start:.0f} s\n")
     print(text)
-    out = Path(args.out) / "results.md"
-    out.write_text(text)
-    print(f"wrote {out}")
+    (bench.out / "results.md").write_text(text)
+    names = list(dict.fromkeys(key[1] for key, _, _ in tasks))
+    (bench.out / "results.json").write_text(json.dumps({"environment": env, "arguments": vars(args),
+                                                        "runs": bench.results_json(names)}, indent=1))
+    print(f"wrote {bench.out / 'results.md'} and results.json")
     return 0
 
 
