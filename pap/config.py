@@ -279,6 +279,11 @@ class PruneConfig:
     adapt_unit: str = "group"
     """layers=adaptive: the attention unit removed, group (a whole KV group with its query
     heads, as Adapt-Pruner) or head (one query head; its KV head goes with the group's last)."""
+    adapt_score: str = "coupled"
+    """layers=adaptive: what scores a head or FFN channel inside a layer. coupled (as
+    Adapt-Pruner: |w g| summed over every weight that goes with it: q, k, v, o for
+    attention, a head taking an equal share of its KV group's k and v; gate, up, down for a
+    channel) or output (pap's output group only: linear_proj columns, linear_fc2 column)."""
 
 
 @dataclass
@@ -483,6 +488,7 @@ _CHOICES = {
     "prune.update": ("none", "obs"),
     "prune.adapt_rule": ("published", "scaled"),
     "prune.adapt_unit": ("group", "head"),
+    "prune.adapt_score": ("coupled", "output"),
     "prune.layers": ("uniform", "greedy", "adaptive"),
     "distill.during": ("pruning", "after", "both"),
 }

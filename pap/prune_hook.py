@@ -91,7 +91,8 @@ class PruningHook(Callback):
         self.mode = SELECTION_MODES[cfg.layers]
         self.floors = self.settings.floors
         self.events_file = events_file
-        self.accumulator = SaliencyAccumulator(cfg.metric)
+        self.accumulator = SaliencyAccumulator(
+            cfg.metric, coupled=cfg.layers == "adaptive" and cfg.adapt_score == "coupled")
         self.target = 0
         """`prune.target_params` as a count (set up from the run's source model)."""
         self.removals: List[Removal] = []

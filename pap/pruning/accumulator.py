@@ -2,18 +2,52 @@
 
 After each backward pass (gradients fully reduced over data-parallel ranks), every rank
 scores the `linear_proj` and `linear_fc2` shards it holds and adds the per-head,
-per-FFN-channel and per-hidden-channel sums to its running totals. Scores are partial:
+per-FFN-channel and per-hidden-channel sums to its running totals. With `coupled` (Adapt-Pruner's
+within-layer score, `prune.adapt_score: coupled`) a head also scores its query rows of
+`linear_qkv` and an equal share of its KV group's key and value rows, and an FFN channel its
+gate and up rows of `linear_fc1`: every weight that goes with the unit. Those rows are held
+by the TP rank that holds the unit, so the sums stay per head and per channel and are
+reduced, saved and resumed as before. Scores are partial:
 heads and channels are split over TP ranks and layers over PP stages, and hidden-channel
 sums need adding over both; `pap.sharding.reduce_saliency` assembles the global picture.
 """
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, List, Sequence
 
 import torch
 
 from pap.pruning.saliency import element_saliency, fc2_scores, needs_fisher, proj_scores
+
+
+def local_heads_per_group(attention) -> List[int]:
+    """Query heads per KV group of this TP rank's share of `attention`, in `linear_qkv` order."""
+    counts = getattr(attention, "heads_per_group", None)  # pap's cluster attention (uneven groups)
+    if counts is not None:
+        return [n for n in counts if n > 0]
+    groups = attention.num_query_groups_per_partition
+    return [attention.num_attention_heads_per_partition // groups] * groups
+
+
+def qkv_head_scores(scores: torch.Tensor, heads_per_group: Sequence[int], head_dim: int) -> torch.Tensor:
+    """`linear_qkv` element scores (rows per KV group: its query heads, then its key and value
+    head, `head_dim` rows each) -> per query head: its own query rows plus 1/n of its group's
+    key and value rows (n: the group's query heads), so a group's heads add up to all its rows."""
+    per_unit = scores.reshape(-1, head_dim, scores.shape[-1]).sum(dim=(1, 2))
+    out, unit = [], 0
+    for n in heads_per_group:
+        shared = (per_unit[unit + n] + per_unit[unit + n + 1]) / n
+        out.append(per_unit[unit:unit + n] + shared)
+        unit += n + 2
+    return torch.cat(out)
+
+
+def fc1_channel_scores(scores: torch.Tensor) -> torch.Tensor:
+    """SwiGLU `linear_fc1` element scores [gate rows; up rows] -> per FFN channel."""
+    per_row = scores.sum(dim=1)
+    width = per_row.shape[0] // 2
+    return per_row[:width] + per_row[width:]
 
 
 def _grad(param) -> torch.Tensor:
@@ -24,8 +58,9 @@ def _grad(param) -> torch.Tensor:
 class SaliencyAccumulator:
     """Running group-score sums of this rank's layers (keys: global layer index)."""
 
-    def __init__(self, metric: str = "mix"):
+    def __init__(self, metric: str = "mix", coupled: bool = False):
         self.metric = metric
+        self.coupled = coupled
         self.reset()
 
     def reset(self) -> None:
@@ -51,6 +86,12 @@ class SaliencyAccumulator:
             fc2 = layer.mlp.linear_fc2.weight
             per_head, hidden_p = proj_scores(self._scores(f"{index}.proj", proj, owned), head_dim)
             per_channel, hidden_f = fc2_scores(self._scores(f"{index}.fc2", fc2, owned))
+            if self.coupled:
+                attention = layer.self_attention
+                qkv = self._scores(f"{index}.qkv", attention.linear_qkv.weight, owned)
+                per_head = per_head + qkv_head_scores(qkv, local_heads_per_group(attention), head_dim)
+                per_channel = per_channel + fc1_channel_scores(self._scores(f"{index}.fc1", layer.mlp.linear_fc1.weight,
+                                                                            owned))
             self.attn[index] = self.attn.get(index, 0) + per_head.double()
             self.ffn[index] = self.ffn.get(index, 0) + per_channel.double()
             layer_stem = (hidden_p + hidden_f).double()
