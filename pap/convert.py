@@ -42,6 +42,10 @@ def main(argv=None) -> int:
     to_hf.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     to_hf.add_argument("--expand-kv", action="store_true",
                        help="write a plain LlamaForCausalLM: one KV head per query head, shapes zero-padded")
+    to_hf.add_argument("--format", default="auto", choices=["auto", "llama", "pap_llama", "nemotron_nas"],
+                       help="the Hugging Face class written (docs/CONVERSION.md): llama (uniform models), pap_llama "
+                            "(pap's remote code, any shape), nemotron_nas (DeciLM, any shape padded, what vLLM "
+                            "serves); auto: llama when it fits, else pap_llama")
     to_hf.add_argument("--overwrite", action="store_true", help="replace an earlier pap export at --out")
     to_hf.add_argument("--no-verify", action="store_true",
                        help="export a checkpoint that fails its checksums anyway (one line says so)")
@@ -64,7 +68,7 @@ def main(argv=None) -> int:
                 os.environ[checkpoint.NO_VERIFY_ENV] = "1"
             checkpoint.read_verified(args.ckpt, "--no-verify")  # its files, as a resume checks them
             convert.mcore_to_hf(args.ckpt, args.out, args.tokenizer, args.dtype, args.expand_kv,
-                                overwrite=args.overwrite)
+                                overwrite=args.overwrite, family=None if args.format == "auto" else args.format)
     except PapError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2

@@ -26,7 +26,7 @@ from pap.arch import Arch
 from pap.config import ConfigError, DataConfig, ModelConfig, PapConfig, ParallelConfig, validate
 from pap.distributed import init_distributed
 from pap.errors import PapError
-from pap.hf.expand_kv import ExpandedState
+from pap.hf.expand_kv import ExpandedState, expanded_arch
 from pap.hf.families import ExportFamily, pick
 from pap.hf.hf_config import read_hf_config
 from pap.hf.megatron_names import EMBEDDING, OUTPUT, split_layer
@@ -187,6 +187,10 @@ def mcore_to_hf(ckpt: str, out: str, tokenizer: Optional[str] = None, dtype: str
     checkpoint.load_model(source, model)
     full = {name: tensor.detach() for name, tensor in model.state_dict().items() if not name.endswith("_extra_state")}
     final = write_hf_dir(full, arch, model_cfg, out, out_dtype, expand_kv, tokenizer, family)
+    arch_out = expanded_arch(arch) if expand_kv else arch
+    seq_length = int(source.config.get("data", {}).get("seq_length") or 2048)
+    for line in pick(arch_out, family).notes(arch_out, seq_length):
+        progress(f"mcore-to-hf: {line}")
     progress(f"mcore-to-hf: wrote {final} in {time.time() - start:.1f}s")
     return final
 

@@ -13,9 +13,13 @@ from pap.arch import Arch
 from pap.errors import PapError
 from pap.hf.families.base import ExportFamily, TensorMap, Transform
 from pap.hf.families.llama import LlamaFamily
+from pap.hf.families.nemotron_nas import NemotronNasFamily
 from pap.hf.families.pap_llama import PapLlamaFamily
 
-FAMILIES: Dict[str, ExportFamily] = {family.name: family for family in (LlamaFamily(), PapLlamaFamily())}
+# Nemotron-NAS holds every model too, padded; pap's remote code holds it unpadded, so
+# `auto` prefers it and Nemotron-NAS is written when asked for (it is what engines serve).
+FAMILIES: Dict[str, ExportFamily] = {family.name: family for family in (LlamaFamily(), PapLlamaFamily(),
+                                                                         NemotronNasFamily())}
 
 __all__ = ["FAMILIES", "ExportFamily", "TensorMap", "Transform", "pick", "importing_family"]
 

@@ -11,12 +11,10 @@ A family holds
 
 The converter (`pap.hf.convert`) walks a family's table and never asks which family it
 has, so a new family is one new module in `pap/hf/families/` plus its entry in
-`FAMILIES`. For example NVIDIA's Nemotron-NAS (`DeciLMForCausalLM`, per-layer
-`block_configs`) would be a file whose `config` writes one block config per layer
-(`n_heads_in_group`, `ffn_mult`), whose `accepts` refuses an `Arch` its per-layer fields
-cannot express (unequal KV groups within a layer, an FFN width `ffn_mult` does not give),
-and whose table drops the attention tensors of a layer without heads through
-`TensorMap.present`.
+`FAMILIES`. For example NVIDIA's Nemotron-NAS (`nemotron_nas.py`) is Llama's table
+with one transform swapped (attention padded to the format's per-layer groups), a
+`config` that writes one block config per layer, `notes` on the padding, and its remote
+code in `write_files`.
 """
 
 from __future__ import annotations
@@ -107,6 +105,10 @@ class ExportFamily:
 
     def write_files(self, out_dir: Path) -> None:
         """Write what ships beside the weights and config.json (nothing by default)."""
+
+    def notes(self, arch: Arch, seq_length: int) -> List[str]:
+        """Lines the converter prints about an export of `arch` (padding, which engines read it)."""
+        return []
 
     def reads(self, hf_config: dict) -> bool:
         """Whether hf-to-mcore should read a checkpoint with this config.json as this family."""
