@@ -50,7 +50,7 @@ LONG = {
         "test_same_removals_arch_and_weights[tp2]", "test_same_removals_arch_and_weights[pp2]",
         "test_same_removals_arch_and_weights[dp2]", "test_same_removals_arch_and_weights_in_bf16[tp2]",
         "test_same_removals_arch_and_weights_in_bf16[pp2]", "test_same_removals_arch_and_weights_in_bf16[dp2]",
-        "test_same_removals_arch_and_weights[tp2dp2_distopt]"],
+        "test_same_removals_arch_and_weights[tp2dp2_distopt]", "test_same_removals_arch_and_weights_in_bf16[tp2pp2]"],
     "tests/distributed/test_training_state.py": [
         "test_bf16_round_keeps_masters_moments_and_step_bit_exact[attn-tp1]",
         "test_bf16_round_keeps_masters_moments_and_step_bit_exact[ffn-tp1]",
@@ -64,7 +64,9 @@ LONG = {
     "tests/distributed/test_speed_settings.py": ["test_recomputation_reaches_megatron_and_keeps_the_losses[selective]",
                                                  "test_data_loader_workers_keep_the_losses",
                                                  "test_recomputation_reaches_megatron_and_keeps_the_losses[full]"],
-    "tests/hf/test_convert.py": ["test_round_trip_and_logits[mha_untied]", "test_round_trip_and_logits[gqa_head_dim_untied]", "test_bf16_round_trip_keeps_dtype",
+    "tests/hf/test_convert.py": ["test_round_trip_and_logits[mha_untied]", "test_round_trip_and_logits[gqa_head_dim_untied]",
+                                 # expand-kv logits: tests/hf/test_remote_code.py::test_pruned_arch_remote_code_and_expand_kv
+                                 "test_expand_kv_is_a_plain_llama_with_the_same_logits", "test_missing_shard_and_missing_tensor", "test_bf16_round_trip_keeps_dtype",
                                  "test_checkpoint_missing_a_tensor"],
     "tests/hf/test_thin_layer.py": ["test_thinnest_tensor_parallel_layer_resumes_at_tp2_as_uninterrupted"],
     "tests/launch/test_slurm.py": [
@@ -73,6 +75,12 @@ LONG = {
         "test_usr1_checkpoints_requeues_and_finishes_with_the_same_removals"],
     "tests/distributed/test_final_alignment.py": ["test_the_last_round_aligns_widths_the_same_at_tp1_and_tp2"],
     "tests/hf/test_remote_code.py": ["test_training_starts_from_converted_weights"],
+    # the hardest shape (uneven groups, padded) stays in CI
+    "tests/hf/test_serving.py": ["test_nemotron_nas_export_serves_like_the_checkpoint[uniform]",
+                                 "test_nemotron_nas_export_serves_like_the_checkpoint[greedy]",
+                                 "test_nemotron_nas_export_serves_like_the_checkpoint[hidden]"],
+    # one-shot and scratch: tests/unit/test_baselines.py
+    "tests/integration/test_baselines.py": ["test_oneshot_then_scratch_then_training"],
     "tests/integration/test_gpu_check.py": ["test_gpu_check_passes_on_cpu"],
     "tests/integration/test_train_cli.py": [
         "test_mid_window_resume_at_another_tp_pp_layout[dp2_distributed_optimizer]",
