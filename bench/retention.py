@@ -406,6 +406,8 @@ def main() -> int:
     parser.add_argument("--no-main", dest="main", action="store_false",
                         help="only the rows of --layers / --distill (the sources are shared with the main rows)")
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few minutes (tiny budgets)")
+    parser.add_argument("--report", action="store_true",
+                        help="run nothing: the tables of the runs already finished in OUT (while others run)")
     args = parser.parse_args()
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
@@ -419,18 +421,19 @@ def main() -> int:
     tasks = bench.tasks()
     print(f"retention bench: {len(tasks)} runs ({len(bench.seeds)} seeds), {args.parallel} at a time, in {bench.out}",
           flush=True)
-    run_graph(tasks, args.parallel)
+    if not args.report:
+        run_graph(tasks, args.parallel)
     env = environment(CORPUS)
     table = bench.tables()
     env_lines = "\n".join(f"- {k}: {v}" for k, v in env.items())
     text = (f"```bash\npython bench/retention.py {' '.join(sys.argv[1:])}\n```\n\n{table}\n\n"
             f"Environment:\n{env_lines}\n\nWall time of this invocation: {time.time() - start:.0f} s\n")
     print(text)
-    (bench.out / "results.md").write_text(text)
+    (bench.out / ("report.md" if args.report else "results.md")).write_text(text)
     names = list(dict.fromkeys(key[1] for key, _, _ in tasks))
     (bench.out / "results.json").write_text(json.dumps({"environment": env, "arguments": vars(args),
                                                         "runs": bench.results_json(names)}, indent=1))
-    print(f"wrote {bench.out / 'results.md'} and results.json")
+    print(f"wrote {bench.out / ('report.md' if args.report else 'results.md')} and results.json")
     return 0
 
 

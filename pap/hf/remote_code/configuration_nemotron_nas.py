@@ -50,7 +50,10 @@ class DeciLMConfig(PapLlamaConfig):
 
     def __post_init__(self, **kwargs):
         if self.block_configs is None:
-            raise ValueError("a nemotron-nas config needs block_configs, one entry per layer")
+            # A config built with no arguments (transformers does, to tell the defaults):
+            # uniform layers, as pap's Llama.
+            super().__post_init__(**kwargs)
+            return
         self.block_configs = [_part(block) for block in self.block_configs]
         heads_per_group, widths = [], []
         for index, block in enumerate(self.block_configs):
