@@ -25,11 +25,12 @@ seed's source:
 steps per removal).
 
 The regime sweep (default; `--no-sweep` leaves it out): the paper continues training for
-7-14x as long as the pruning stage. A shorter pruning stage (k=1 : p=20, about 40 steps
+7-14x as long as the pruning stage. A shorter pruning stage (k=1 : p=26, about 30 steps
 to the target) is followed by a continued stage of m x `--sweep-stage` steps for m in
 1, 2, 4, 8, for A, B and one-shot at equal tokens, so every length is its own run with
 its own cosine schedule. A pruning stage of (a)'s 190 steps would make the 8x runs 1,700
-steps each; the shorter stage keeps the default bench (3 seeds) to about two hours here.
+steps each; the shorter stage keeps the default bench (3 seeds) to about two hours here
+(the sweep is 3 x 3 x 570 steps).
 
 `--layers`: per-layer widths at `--layers-target` (u uniform, g greedy, ad Adapt-Pruner
 with its published defaults). `--distill`: PAP + knowledge distillation from the source
@@ -63,7 +64,7 @@ CORPUS = REPO / "data/embedded/stdlib_text_document"
 FIRST_SEED = 1234
 SWEEP = (1, 2, 4, 8)
 SWEEP_QUICK = (1, 2)
-SWEEP_PRUNE_STEPS = 20  # p of the sweep's k=1 rounds: about 40 steps to the 0.35 target
+SWEEP_PRUNE_STEPS = 26  # p of the sweep's k=1 rounds: about 30 steps to the 0.35 target
 MICRO, SEQ = 16, 128
 
 
@@ -392,7 +393,7 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time")
     parser.add_argument("--no-sweep", dest="sweep", action="store_false",
                         help="leave out the regime sweep (continued stage 1-8x the pruning stage)")
-    parser.add_argument("--sweep-stage", type=int, default=40,
+    parser.add_argument("--sweep-stage", type=int, default=30,
                         help="the sweep's planned pruning-stage length in steps; continued stages are multiples of it")
     parser.add_argument("--step-ablation", action="store_true", help="add (a2) and (a4): fewer steps per removal")
     parser.add_argument("--layers", action="store_true", help="add uniform, greedy and adaptive per-layer pruning")
