@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     parser.add_argument("--ckpt", help="the pap checkpoint it was exported from (adds pap's own continuations)")
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=32, help="tokens generated per prompt")
-    parser.add_argument("--tolerance", type=float, default=1e-3,
+    parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest allowed difference of a chosen token's log-probability (fp32)")
     parser.add_argument("--no-vllm", action="store_true", help="leave vLLM out (transformers and pap only)")
     args = parser.parse_args(argv)
