@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.pap-installed
 TORCH_CPU := torch==2.13.0
 NPROC  ?= 4
 
-.PHONY: install demo test test-all test-fast gpu-check corpus clean
+.PHONY: install demo test test-all test-fast gpu-check serve-check corpus clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ test-fast: $(STAMP)
 # SmolLM-1.7B's layer shape): a few minutes; prints CHECK lines (docs/BENCHMARKS.md).
 gpu-check: $(STAMP)
 	$(PY) bench/gpu_check.py
+
+# Pruned models served by vLLM: makes vLLM's own environment on first use (several GB,
+# minutes; pap/serve/vllm_env.py), then checks the four Nemotron-NAS exports and the plain
+# Llama one against transformers and pap (tests/hf/test_serving.py, long cases included).
+serve-check: $(STAMP)
+	PAP_SERVE_VLLM=1 $(PY) -m pytest -q -s tests/hf/test_serving.py
 
 clean:
 	rm -rf $(VENV) data/embedded runs .pytest_cache

@@ -1,4 +1,5 @@
-"""Pruned models exported as Nemotron-NAS serve: vLLM (when its environment exists) and
+"""Pruned models exported as Nemotron-NAS serve: vLLM (when its environment exists, or made
+first with PAP_SERVE_VLLM=1, as `make serve-check` does) and
 `transformers` continue prompts greedily exactly as pap's own model of the checkpoint does.
 
 Four shapes: uniform, per-layer FFN widths (greedy), per-layer heads and uneven KV groups
