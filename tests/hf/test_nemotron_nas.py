@@ -94,3 +94,27 @@ def test_padding_plan_is_exact_and_adds_the_fewest_head_units():
                 cost += (q - sum(live)) + min(options)
             best = cost if best is None else min(best, cost)
         assert added == best, (groups, added, best)
+
+
+@pytest.mark.parametrize("ffn", [[37, 64, 51, 20], [256, 512, 256, 768]])
+def test_megatron_core_reads_the_block_configs_as_written(tmp_path, ffn):
+    """megatron-core's own reader of `block_configs` (`HeterogeneousTransformerConfig`, as
+    used for Nemotron-NAS checkpoints) gives every layer the KV heads and FFN width of the
+    export's tensors, from exact sizes and from ffn_mult."""
+    from megatron.core.transformer.heterogeneous.heterogeneous_config import HeterogeneousTransformerConfig
+    from safetensors import safe_open
+
+    arch = pruned_arch()
+    arch.hidden_size, arch.ffn = 96, ffn
+    _, out, config = _export(tmp_path, arch)
+    megatron = HeterogeneousTransformerConfig(
+        num_layers=config["num_hidden_layers"], hidden_size=config["hidden_size"],
+        num_attention_heads=config["num_attention_heads"], kv_channels=config["head_dim"],
+        heterogeneous_layers_config_encoded_json=(out / "config.json").read_text())
+    with safe_open(str(next(out.glob("*.safetensors"))), "pt") as f:
+        for layer in range(arch.num_layers):
+            per_layer = megatron.get_config_for_layer(layer + 1)
+            kv_rows = f.get_slice(f"model.layers.{layer}.self_attn.k_proj.weight").get_shape()[0]
+            width = f.get_slice(f"model.layers.{layer}.mlp.gate_proj.weight").get_shape()[0]
+            assert per_layer.num_query_groups * config["head_dim"] == kv_rows, layer
+            assert per_layer.ffn_hidden_size == width == ffn[layer], layer
