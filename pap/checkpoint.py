@@ -75,6 +75,15 @@ class ResumeState:
         """True for weights without optimizer state (conversions, exports)."""
         return self.scheduler is None
 
+    def setting_mismatch(self, model, keys) -> Optional[tuple]:
+        """(key, saved value, `model`'s value) of the first of `keys` (model settings the
+        weights depend on but `Arch` does not record) saved differently here; else None."""
+        saved = self.config.get("model", {})
+        for key in keys:
+            if key in saved and saved[key] != getattr(model, key):
+                return key, saved[key], getattr(model, key)
+        return None
+
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")

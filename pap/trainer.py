@@ -603,11 +603,11 @@ def check_resume_settings(resume: "checkpoint.ResumeState", cfg: PapConfig) -> L
 
 def check_same_model_settings(source: "checkpoint.ResumeState", cfg: PapConfig) -> None:
     """Settings that the weights depend on but `Arch` does not record must agree with the config."""
-    saved = source.config.get("model", {})
-    for key in ("vocab_size", "rope_theta", "norm_eps", "tie_embeddings"):
-        if key in saved and saved[key] != getattr(cfg.model, key):
-            raise PapError(f"checkpoint.init_from {source.path}: model.{key} is {saved[key]!r} there but "
-                           f"{getattr(cfg.model, key)!r} in the config; set model.{key}={saved[key]}")
+    mismatch = source.setting_mismatch(cfg.model, ("vocab_size", "rope_theta", "norm_eps", "tie_embeddings"))
+    if mismatch:
+        key, saved, configured = mismatch
+        raise PapError(f"checkpoint.init_from {source.path}: model.{key} is {saved!r} there but "
+                       f"{configured!r} in the config; set model.{key}={saved}")
 
 
 def ensure_world_fits(cfg: PapConfig, world_size: int) -> None:

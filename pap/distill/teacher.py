@@ -52,11 +52,11 @@ def load_teacher(cfg: PapConfig, student_arch: Arch, is_rank0: bool) -> Teacher:
     problem = checkpoint.verify(source.path) if is_rank0 else None
     if problem:
         raise PapError(f"distill.teacher: {problem}")
-    saved = source.config.get("model", {})
-    for key in _SHARED_MODEL_KEYS:
-        if key in saved and saved[key] != getattr(cfg.model, key):
-            raise PapError(f"distill.teacher {source.path}: model.{key} is {saved[key]!r} there but "
-                           f"{getattr(cfg.model, key)!r} in the config; the teacher and the student must share it")
+    mismatch = source.setting_mismatch(cfg.model, _SHARED_MODEL_KEYS)
+    if mismatch:
+        key, saved, configured = mismatch
+        raise PapError(f"distill.teacher {source.path}: model.{key} is {saved!r} there but "
+                       f"{configured!r} in the config; the teacher and the student must share it")
     if source.arch.padded_vocab_size != student_arch.padded_vocab_size:
         raise PapError(f"distill.teacher {source.path}: its vocabulary ({source.arch.padded_vocab_size} padded) "
                        f"differs from the student's ({student_arch.padded_vocab_size}); a teacher must share the "
