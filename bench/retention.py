@@ -245,6 +245,12 @@ class Bench:
                 add(f"sB_sweep{m}x", ["source"], pap(f"sB_sweep{m}x", 1, SWEEP_PRUNE_STEPS, "obs"))
                 if not a.skip_baselines:
                     add(f"sC_sweep{m}x", ["oneshot_ckpt"], fixed_shape(f"sC_sweep{m}x", "oneshot_ckpt"))
+        if a.main and a.sweep and not a.skip_baselines:
+            # The longest length at equal FLOPs too: one-shot trained on to A's FLOPs.
+            m = max(self.multiples)
+            name = f"sC_sweep{m}x_eqflops"
+            add(name, [f"sA_sweep{m}x", f"sC_sweep{m}x"],
+                equal_flops(name, f"sC_sweep{m}x", f"sA_sweep{m}x", fixed_shape(name, "oneshot_ckpt")))
         if a.layers:
             layers = base_config(FIRST_SEED)["model"]["num_layers"]
             target = {"target_params": a.layers_target}
@@ -264,7 +270,16 @@ class Bench:
                 equal_flops("aB_pap_eqflops", "aB_pap", "aBKD_pap", pap("aB_pap_eqflops", 2, 8, "obs")))
         # Every seed's row before the next row: an interrupted bench has whole rows.
         order = {name: i for i, name in enumerate(dict.fromkeys(key[1] for key, _, _ in tasks))}
-        return sorted(tasks, key=lambda t: (order[t[0][1]], t[0][0]))
+        tasks = sorted(tasks, key=lambda t: (order[t[0][1]], t[0][0]))
+        if a.only:
+            # Just these rows, beside a bench still running the others: what they need must be done.
+            for key, deps, _ in tasks:
+                missing = [d for d in deps if d[1] not in a.only and self.report.final_loss(*d) is None
+                           and not (self.run_dir(*d) / "latest_checkpointed_iteration.txt").is_file()]
+                if key[1] in a.only and missing:
+                    raise SystemExit(f"error: --only {key[1]} needs {missing} finished first")
+            tasks = [(key, [d for d in deps if d[1] in a.only], fn) for key, deps, fn in tasks if key[1] in a.only]
+        return tasks
 
     # --- report --------------------------------------------------------------------------
     def tables(self) -> str:
@@ -407,6 +422,8 @@ def main() -> int:
     parser.add_argument("--no-main", dest="main", action="store_false",
                         help="only the rows of --layers / --distill (the sources are shared with the main rows)")
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few minutes (tiny budgets)")
+    parser.add_argument("--only", nargs="+", metavar="RUN",
+                        help="run only these rows (e.g. sC_sweep8x_eqflops), their inputs being finished")
     parser.add_argument("--report", action="store_true",
                         help="run nothing: the tables of the runs already finished in OUT (while others run)")
     args = parser.parse_args()

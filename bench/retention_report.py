@@ -165,7 +165,8 @@ class Report:
         """The regime sweep: for each continued-stage multiple, each method's loss and the gaps."""
         lines = ["| continued stage / pruning stage (planned; measured) | steps | "
                  + " | ".join(f"{label}" for label in runs) + " | A - one-shot | B - one-shot | B - A "
-                 "| FLOPs A / one-shot |", "|---" * (len(runs) + 6) + "|"]
+                 "| FLOPs A / one-shot | A - one-shot at A's FLOPs | B - one-shot at A's FLOPs |",
+                 "|---" * (len(runs) + 8) + "|"]
         a_name, b_name, c_name = (runs[label] for label in runs)
         for m in multiples:
             cells = [median_range(list(self.per_seed(f(m)).values())) for f in runs.values()]
@@ -184,8 +185,13 @@ class Report:
             _, seeds = paired(self.per_seed(a_name(m)), self.per_seed(c_name(m)))
             ratio = (f"{statistics.median(self.flops(s, a_name(m)) / self.flops(s, c_name(m)) for s in seeds):.3f}"
                      if seeds else "—")
+            equal = []
+            for x in (a_name(m), b_name(m)):
+                diffs, _ = paired(self.per_seed(x), self.per_seed(f"{c_name(m)}_eqflops"))
+                cell, sign = difference_cell(diffs)
+                equal.append(f"{cell}, lower in {sign}" if diffs else "—")
             lines.append(f"| {m}x; {median_range(measured, 2)} | {(1 + m) * stage_steps} | " + " | ".join(cells)
-                         + " | " + " | ".join(gaps) + f" | {ratio} |")
+                         + " | " + " | ".join(gaps) + f" | {ratio} | " + " | ".join(equal) + " |")
         return lines
 
     def sweep_plot(self, multiples: Sequence[int], runs: Dict[str, Callable[[int], str]], out: Path) -> Optional[Path]:
