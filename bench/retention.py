@@ -58,7 +58,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.retention_report import Report, environment  # noqa: E402
+from bench.retention_report import Report, environment, median_range  # noqa: E402
 
 CORPUS = REPO / "data/embedded/stdlib_text_document"
 FIRST_SEED = 1234
@@ -187,22 +187,20 @@ class Bench:
                 self.train(seed, name, merged(cfg, **({"distill": distill} if distill else {})))
             return fn
 
-        def oneshot_ckpt(seed):
-            ckpt = self.run_dir(seed, "oneshot_ckpt")
-            if (ckpt / "latest_checkpointed_iteration.txt").is_file():
-                return
-            self.command(seed, "oneshot_ckpt", [
-                sys.executable, "-m", "pap.baselines", "oneshot", "--config", str(self.run_dir(seed, "source.yaml")),
-                "--source", str(self.run_dir(seed, "source")), "--target", str(a.target), "--calib-batches",
-                str(a.calib_batches), "--out", str(ckpt), f"prune.metric={a.metric}"])
+        def baseline_ckpt(kind, *options):
+            """`pap.baselines KIND` from the seed's source config into OUT/seed_S/KIND_ckpt, once."""
+            def fn(seed):
+                ckpt = self.run_dir(seed, f"{kind}_ckpt")
+                if (ckpt / "latest_checkpointed_iteration.txt").is_file():
+                    return
+                self.command(seed, f"{kind}_ckpt", [
+                    sys.executable, "-m", "pap.baselines", kind, "--config", str(self.run_dir(seed, "source.yaml")),
+                    *[str(o(seed)) if callable(o) else str(o) for o in options], "--out", str(ckpt)])
+            return fn
 
-        def scratch_ckpt(seed):
-            ckpt = self.run_dir(seed, "scratch_ckpt")
-            if (ckpt / "latest_checkpointed_iteration.txt").is_file():
-                return
-            self.command(seed, "scratch_ckpt", [
-                sys.executable, "-m", "pap.baselines", "scratch", "--config", str(self.run_dir(seed, "source.yaml")),
-                "--arch-from", str(self.run_dir(seed, "a_pap")), "--out", str(ckpt)])
+        oneshot_ckpt = baseline_ckpt("oneshot", "--source", lambda seed: self.run_dir(seed, "source"), "--target",
+                                     a.target, "--calib-batches", a.calib_batches, f"prune.metric={a.metric}")
+        scratch_ckpt = baseline_ckpt("scratch", "--arch-from", lambda seed: self.run_dir(seed, "a_pap"))
 
         def fixed_shape(name, init, lr=(1e-3, 1e-4)):
             def fn(seed):
@@ -359,8 +357,6 @@ class Bench:
         return "\n".join(lines)
 
     def _stage_summary(self, names: Sequence[str]) -> str:
-        from bench.retention_report import median_range
-
         stages = [self.report.pruning_stage(s, n) for s in self.seeds for n in names
                   if self.report.final_loss(s, n) is not None]
         stages = [st for st in stages if st]
@@ -368,8 +364,6 @@ class Bench:
                 f"removals") if stages else "—"
 
     def _oneshot_after(self) -> str:
-        from bench.retention_report import median_range
-
         values = []
         for seed in self.seeds:
             log = self.run_dir(seed, "oneshot_ckpt").with_suffix(".log")
