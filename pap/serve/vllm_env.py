@@ -8,6 +8,9 @@ project's own wheel). The build brings torchvision, torchaudio and torchcodec bu
 do not match its CPU torch and break `import vllm` (transformers imports torchvision), so
 they are removed; text models do not use them. A marker file written after `import vllm`
 works says the environment is complete, so a build killed halfway is redone, not used.
+
+`python -m pap.serve.vllm_env` makes it ahead of use (CI does, beside the test suite) and
+prints its python; it exits 1 with the reason when it cannot be made.
 """
 
 from __future__ import annotations
@@ -52,3 +55,16 @@ def ensure(report=print) -> Path:
                                f"see {log}")
     (root / MARKER).write_text(package() + "\n")
     return python
+
+
+def main() -> int:
+    try:
+        print(ensure())
+    except PapError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,5 @@
 """Pruned models exported as Nemotron-NAS serve: vLLM (when its environment exists, or made
-first with PAP_SERVE_VLLM=1, as `make serve-check` does) and
+first with PAP_SERVE_VLLM=1, as `make serve-check` and CI do; PAP_SERVE_VLLM=0 leaves it out) and
 `transformers` continue prompts greedily exactly as pap's own model of the checkpoint does.
 
 Four shapes: uniform, per-layer FFN widths (greedy), per-layer heads and uneven KV groups
@@ -49,8 +49,12 @@ def serve_check(args):
 
 
 def _vllm():
-    """Whether vLLM's environment is ready, or to be made (PAP_SERVE_VLLM=1)."""
-    return (vllm_env.venv_dir() / vllm_env.MARKER).is_file() or os.environ.get("PAP_SERVE_VLLM") == "1"
+    """Whether to check vLLM: PAP_SERVE_VLLM=1 makes its environment if need be, =0 leaves it
+    out; unset, vLLM is checked when its environment is ready."""
+    wanted = os.environ.get("PAP_SERVE_VLLM")
+    if wanted in ("0", "1"):
+        return wanted == "1"
+    return (vllm_env.venv_dir() / vllm_env.MARKER).is_file()
 
 
 @pytest.mark.parametrize("name", list(MODELS))
