@@ -7,8 +7,8 @@ For each model size: pap's trainer (TP=1, fp32, pruning off) trains `--train-ste
 a synthetic dataset (arithmetic token sequences, `data_prep.synthetic`), then the inputs of
 one layer's `linear_fc2` (the SwiGLU activation, width = FFN) are captured over plain
 forwards. For r in `--ratios`, H is built from r x width tokens and the update removes the
-`--removed` least salient input columns (|W| column norm x input RMS, the first-order
-score); the error ‖ΔW X_h‖/‖W X_h‖ is then measured on `--held` tokens that are in no H,
+`--removed` fraction of least salient input columns (|W| column norm x input RMS, the
+first-order score; the same fraction at every size); the error ‖ΔW X_h‖/‖W X_h‖ is then measured on `--held` tokens that are in no H,
 against the error of just dropping the columns. Median over `--draws` disjoint token draws.
 
 The RMSNorm part: for a hidden channel c removed from the residual stream, `linear_qkv`'s
@@ -169,7 +169,8 @@ def main() -> int:
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.5, 1, 2, 4, 8, 16])
     parser.add_argument("--train-steps", type=int, default=40)
     parser.add_argument("--layer", type=int, default=1)
-    parser.add_argument("--removed", type=int, default=8, help="fc2 input columns removed at once")
+    parser.add_argument("--removed", type=float, default=0.02,
+                        help="fraction of linear_fc2's input columns removed at once")
     parser.add_argument("--held", type=int, default=4096, help="held-out tokens")
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--damp", type=float, default=0.01)
@@ -183,7 +184,7 @@ def main() -> int:
     init_distributed(1, 1, seed=1)
     torch.manual_seed(0)
     print(f"# {platform.node()} CPU, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; "
-          f"{args.train_steps} training steps, layer {args.layer}, {args.removed} fc2 columns removed, "
+          f"{args.train_steps} training steps, layer {args.layer}, {args.removed:.0%} of fc2 columns removed, "
           f"damp {args.damp}, {args.held} held-out tokens, median of up to {args.draws} draws")
     for size in args.sizes:
         with tempfile.TemporaryDirectory() as tmp:
@@ -193,12 +194,16 @@ def main() -> int:
             total = args.held + max(int(max(args.ratios) * width) * args.draws, 16 * hidden)
             fc2_in, residual = capture(trainer, data, total, args.layer)
             weight = trainer.model.module.decoder.layers[args.layer].mlp.linear_fc2.weight.detach().double()
-            print(f"\n## {size}: linear_fc2, width {width}, {fc2_in.shape[0]} tokens captured\n")
-            print("| tokens / width | tokens | error, held-out | error, in-sample | plain removal | draws |")
-            print("|---|---|---|---|---|---|")
+            removed = max(1, round(args.removed * width))
+            print(f"\n## {size}: linear_fc2, width {width}, {removed} columns removed, "
+                  f"{fc2_in.shape[0]:,} tokens captured\n")
+            print("| tokens / width | tokens | error, held-out | error, in-sample | plain removal "
+                  "| held-out / plain | draws |")
+            print("|---|---|---|---|---|---|---|")
             for ratio, count, out, ins, plain, n in samples_curve(weight, fc2_in, args.ratios, args.held,
-                                                                  args.removed, args.draws, args.damp):
-                print(f"| {ratio:g} | {count:,} | {out:.4f} | {ins:.4f} | {plain:.4f} | {n} |", flush=True)
+                                                                  removed, args.draws, args.damp):
+                print(f"| {ratio:g} | {count:,} | {out:.2e} | {ins:.2e} | {plain:.2e} | {out / plain:.2f} | {n} |",
+                      flush=True)
             fit = 16 * hidden
             print(f"\n## {size}: linear_qkv after a hidden-channel removal, H from {fit:,} tokens\n")
             print("| channel | update error, inputs it assumes | update error, renormalised inputs "
@@ -206,7 +211,7 @@ def main() -> int:
             print("|---|---|---|---|---|")
             for c, assumed, actual, plain, scale in rmsnorm_effect(trainer, residual[:fit + args.held], args.layer,
                                                                    args.hidden_channels, fit, args.damp):
-                print(f"| {c} | {assumed:.4f} | {actual:.4f} | {plain:.4f} | {scale:.2e} |", flush=True)
+                print(f"| {c} | {assumed:.2e} | {actual:.2e} | {plain:.2e} | {scale:.2e} |", flush=True)
             trainer.close()
     return 0
 

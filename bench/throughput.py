@@ -16,7 +16,8 @@ bf16 with fp32 masters by default, on the same shape, micro batch and sequence l
   would leave without and with `prune.final_multiple_of: 64` (the `pap` shape minus 1,
   and minus 64).
 
-Each comparison (`megatron` against `pap`, `pap-aligned` against `pap-unaligned`) runs as
+Each comparison (`megatron` against `pap`, `pap-aligned` against `pap-unaligned`; for the
+latter, which do different work per token, FLOP/s is the ratio that matters) runs as
 `--pairs` interleaved pairs, the order alternating from pair to pair (A B, B A, A B, ...), so
 that a slow phase of a shared machine falls on both sides. A run's figure is the median of
 its steps after the first two. Prints one Markdown row per run kind: the median over its
@@ -225,9 +226,9 @@ def spread(values: list) -> str:
     return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
-def ratio_line(name: str, ratios: list) -> str:
+def ratio_line(name: str, ratios: list, what: str = "tokens/s") -> str:
     """The per-pair ratios, stated as a ratio only when every pair falls on the same side of 1."""
-    text = f"{name}: per-pair tokens/s ratios {', '.join(f'{r:.3f}' for r in ratios)}; median {spread(ratios)}"
+    text = f"{name}: per-pair {what} ratios {', '.join(f'{r:.3f}' for r in ratios)}; median {spread(ratios)}"
     if min(ratios) > 1 or max(ratios) < 1:
         return text + ": every pair on the same side of 1."
     return text + ": the pairs straddle 1, so these runs do not resolve a difference."
@@ -288,6 +289,11 @@ def main() -> int:
         first, second = comparison.split(",")
         ratios = [b / a for a, b in zip(tokens_per_s[first], tokens_per_s[second])]
         print(ratio_line(f"{second} / {first}", ratios))
+        work = flops_per_token(shapes[second]) / flops_per_token(shapes[first])
+        if work != 1:
+            # Different shapes do different work per token: how fast the device runs each
+            # shape is the FLOP/s ratio, which alignment is meant to raise.
+            print(ratio_line(f"{second} / {first}", [r * work for r in ratios], "FLOP/s"))
     return 0
 
 
