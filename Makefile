@@ -57,10 +57,12 @@ gpu-check: $(STAMP)
 # Pruned models served by vLLM: makes vLLM's own environment on first use (several GB,
 # minutes; pap/serve/vllm_env.py), then checks the four Nemotron-NAS exports and the plain
 # Llama one against transformers and pap (tests/hf/test_serving.py, long cases included).
-# SERVE_CASES picks some by name (pytest -k), as CI does: `make serve-check SERVE_CASES=adaptive`.
+# SERVE_CASES picks some by name (pytest -k), as CI does: `make serve-check SERVE_CASES=adaptive`;
+# SERVE_VLLM=0 checks transformers against pap only.
 SERVE_CASES ?=
+SERVE_VLLM ?= 1
 serve-check: $(STAMP)
-	PAP_SERVE_VLLM=1 $(PY) -m pytest -q -s tests/hf/test_serving.py $(if $(SERVE_CASES),-k "$(SERVE_CASES)")
+	PAP_SERVE_VLLM=$(SERVE_VLLM) $(PY) -m pytest -q -s tests/hf/test_serving.py $(if $(SERVE_CASES),-k "$(SERVE_CASES)")
 
 clean:
 	rm -rf $(VENV) data/embedded runs .pytest_cache
