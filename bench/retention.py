@@ -408,7 +408,7 @@ def main() -> int:
     parser.add_argument("--layers", action="store_true", help="add uniform, greedy and adaptive per-layer pruning")
     parser.add_argument("--layers-target", type=float, default=0.6, help="target of the --layers runs")
     parser.add_argument("--adaptive-k", type=int, default=4,
-                        help="steps between adaptive increments (at delta 0.02, 34 increments reach 0.6 here)")
+                        help="steps between adaptive increments (at delta 0.02, 36 increments reach 0.6 here)")
     parser.add_argument("--distill", action="store_true",
                         help="add PAP + KD (A and B) against PAP at equal tokens and equal FLOPs")
     parser.add_argument("--distill-alpha", type=float, default=0.5, help="distill.alpha of the --distill runs")
