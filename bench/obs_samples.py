@@ -8,8 +8,8 @@ a synthetic dataset (arithmetic token sequences, `data_prep.synthetic`), then th
 one layer's `linear_fc2` (the SwiGLU activation, width = FFN) are captured over plain
 forwards. For r in `--ratios`, H is built from r x width tokens and the update removes the
 `--removed` fraction of least salient input columns (|W| column norm x input RMS, the
-first-order score; the same fraction at every size); the error ‖ΔW X_h‖/‖W X_h‖ is then measured on `--held` tokens that are in no H,
-against the error of just dropping the columns. Median over `--draws` disjoint token draws.
+first-order score; the same fraction at every size); the error ‖ΔW X_h‖/‖W X_h‖ is then
+measured on `--held` tokens that are in no H, against the error of just dropping the columns. Median over `--draws` disjoint token draws.
 
 The RMSNorm part: for a hidden channel c removed from the residual stream, `linear_qkv`'s
 input is RMSNorm(x) over the remaining channels, whose per-token scale changes (channel c's

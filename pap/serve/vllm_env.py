@@ -10,7 +10,7 @@ they are removed; text models do not use them. A marker file written after `impo
 works says the environment is complete, so a build killed halfway is redone, not used.
 
 `python -m pap.serve.vllm_env` makes it ahead of use (CI does, beside the test suite) and
-prints its python; it exits 1 with the reason when it cannot be made.
+prints its python; it exits 2 with one `error:` line when it cannot be made.
 """
 
 from __future__ import annotations
@@ -58,12 +58,9 @@ def ensure(report=print) -> Path:
 
 
 def main() -> int:
-    try:
-        print(ensure())
-    except PapError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    from pap.errors import exit_status
+
+    return exit_status(lambda: print(ensure()))
 
 
 if __name__ == "__main__":
